@@ -1,0 +1,289 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Config is everything pg2kafka reads from its environment and flags.
+type Config struct {
+	DatabaseURL                 string
+	KafkaBrokers                []string
+	TopicNamespace              string
+	PerformMigrations           bool
+	DryRun                      bool
+	KafkaCreateTopics           bool
+	KafkaTopicPartitions        int32
+	KafkaTopicReplicationFactor int16
+	BatchSize                   int
+	PollInterval                time.Duration
+	SendTimeout                 time.Duration
+	ShutdownTimeout             time.Duration
+	LogLevel                    slog.Level
+	LogFormat                   string
+}
+
+// setting is one configuration value: the environment variables it is read
+// from (the first set wins), the flag that overrides them, and how its text
+// becomes part of Config. parse reports what is allowed when the text is not.
+type setting struct {
+	env    []string
+	flag   string
+	def    string
+	help   string
+	secret bool
+	parse  func(c *Config, value string) error
+}
+
+func settings() []setting {
+	return []setting{
+		{env: []string{"DATABASE_URL"}, flag: "database-url", secret: true,
+			help:  "Postgres connection URL (postgres://user:pass@host:5432/db?sslmode=…); the database name names the topics. Required.",
+			parse: parseDatabaseURL},
+		{env: []string{"KAFKA_PRODUCER_URL", "KAFKA_BROKER"}, flag: "kafka-producer-url",
+			help:  "Kafka brokers: kafka://host:port[,host:port…] or host:port[,host:port…]. Required unless DRY_RUN=true.",
+			parse: parseBrokers},
+		{env: []string{"TOPIC_NAMESPACE"}, flag: "topic-namespace",
+			help:  "Inserted into every topic name: pg2kafka.<namespace>.<db>.<table>. Default: none.",
+			parse: func(c *Config, v string) error { c.TopicNamespace = v; return nil }},
+		{env: []string{"PERFORM_MIGRATIONS"}, flag: "perform-migrations", def: "false",
+			help:  "Install or upgrade the pg2kafka schema before shipping.",
+			parse: boolInto(func(c *Config) *bool { return &c.PerformMigrations })},
+		{env: []string{"DRY_RUN"}, flag: "dry-run", def: "false",
+			help:  "Write each event to stdout as a JSON line instead of producing it to Kafka; events are still taken off the queue.",
+			parse: boolInto(func(c *Config) *bool { return &c.DryRun })},
+		{env: []string{"KAFKA_CREATE_TOPICS"}, flag: "kafka-create-topics", def: "false",
+			help:  "Create missing topics instead of retrying their events until someone creates them.",
+			parse: boolInto(func(c *Config) *bool { return &c.KafkaCreateTopics })},
+		{env: []string{"KAFKA_TOPIC_PARTITIONS"}, flag: "kafka-topic-partitions", def: "-1",
+			help: "Partitions of topics pg2kafka creates; -1: the broker's default.",
+			parse: func(c *Config, v string) error {
+				n, err := strconv.ParseInt(v, 10, 32)
+				if err != nil || n == 0 || n < -1 {
+					return errors.New("must be a positive whole number, or -1 for the broker's default")
+				}
+				c.KafkaTopicPartitions = int32(n)
+				return nil
+			}},
+		{env: []string{"KAFKA_TOPIC_REPLICATION_FACTOR"}, flag: "kafka-topic-replication-factor", def: "-1",
+			help: "Replication factor of topics pg2kafka creates; -1: the broker's default.",
+			parse: func(c *Config, v string) error {
+				n, err := strconv.ParseInt(v, 10, 16)
+				if err != nil || n == 0 || n < -1 {
+					return errors.New("must be a positive whole number, or -1 for the broker's default")
+				}
+				c.KafkaTopicReplicationFactor = int16(n)
+				return nil
+			}},
+		{env: []string{"BATCH_SIZE"}, flag: "batch-size", def: "1000",
+			help: "Most events claimed and sent at once (1 to 100000).",
+			parse: func(c *Config, v string) error {
+				n, err := strconv.Atoi(v)
+				if err != nil || n < 1 || n > 100000 {
+					return errors.New("must be a whole number from 1 to 100000")
+				}
+				c.BatchSize = n
+				return nil
+			}},
+		{env: []string{"POLL_INTERVAL"}, flag: "poll-interval", def: "100ms",
+			help:  "How long to wait before looking for events again after the queue held less than a batch.",
+			parse: durationInto(func(c *Config) *time.Duration { return &c.PollInterval })},
+		{env: []string{"SEND_TIMEOUT"}, flag: "send-timeout", def: "30s",
+			help:  "Longest a batch waits for Kafka's acknowledgements before it is rolled back and retried.",
+			parse: durationInto(func(c *Config) *time.Duration { return &c.SendTimeout })},
+		{env: []string{"SHUTDOWN_TIMEOUT"}, flag: "shutdown-timeout", def: "5s",
+			help:  "On SIGINT/SIGTERM, how long the batch in flight may still wait for acknowledgements.",
+			parse: durationInto(func(c *Config) *time.Duration { return &c.ShutdownTimeout })},
+		{env: []string{"LOG_LEVEL"}, flag: "log-level", def: "info",
+			help: "debug, info, warn or error.",
+			parse: func(c *Config, v string) error {
+				if err := c.LogLevel.UnmarshalText([]byte(v)); err != nil {
+					return errors.New("must be debug, info, warn or error")
+				}
+				return nil
+			}},
+		{env: []string{"LOG_FORMAT"}, flag: "log-format", def: "text",
+			help: "text or json (logs go to stderr).",
+			parse: func(c *Config, v string) error {
+				if v != "text" && v != "json" {
+					return errors.New("must be text or json")
+				}
+				c.LogFormat = v
+				return nil
+			}},
+	}
+}
+
+// errHelp is returned when -help was asked for: usage was printed, and
+// nothing is wrong.
+var errHelp = errors.New("help requested")
+
+// configError is a configuration problem, one line long, that exits 2.
+type configError struct{ msg string }
+
+func (e *configError) Error() string { return e.msg }
+
+// parseConfig reads the environment, then the flags, which win over it.
+func parseConfig(args []string, getenv func(string) string, usage io.Writer) (Config, error) {
+	var cfg Config
+	all := settings()
+	given := make(map[string]bool)
+	for _, s := range all {
+		if err := s.parse(&cfg, s.def); s.def != "" && err != nil {
+			panic(fmt.Sprintf("default of %s does not parse: %v", s.flag, err))
+		}
+		for _, name := range s.env {
+			v := getenv(name)
+			if v == "" {
+				continue
+			}
+			if err := s.parse(&cfg, v); err != nil {
+				return cfg, &configError{fmt.Sprintf("%s=%s: %v", name, quoteValue(s, v), err)}
+			}
+			given[s.flag] = true
+			break
+		}
+	}
+
+	fs := flag.NewFlagSet("pg2kafka", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	var badFlag error
+	for _, s := range all {
+		fs.Func(s.flag, "", func(v string) error {
+			if err := s.parse(&cfg, v); err != nil {
+				// flag's own message would repeat the value unredacted.
+				badFlag = &configError{fmt.Sprintf("-%s=%s: %v", s.flag, quoteValue(s, v), err)}
+				return badFlag
+			}
+			given[s.flag] = true
+			return nil
+		})
+	}
+	if err := fs.Parse(args); err != nil {
+		switch {
+		case errors.Is(err, flag.ErrHelp):
+			printUsage(usage, all)
+			return cfg, errHelp
+		case badFlag != nil:
+			return cfg, badFlag
+		}
+		return cfg, &configError{err.Error() + " (see pg2kafka -help)"}
+	}
+	if fs.NArg() > 0 {
+		return cfg, &configError{fmt.Sprintf("unexpected argument %q: settings are flags or environment variables (see pg2kafka -help)", fs.Arg(0))}
+	}
+
+	if !given["database-url"] {
+		return cfg, &configError{"DATABASE_URL is not set: give the Postgres URL, e.g. DATABASE_URL=postgres://user:pass@localhost:5432/shop"}
+	}
+	if !given["kafka-producer-url"] && !cfg.DryRun {
+		return cfg, &configError{"KAFKA_PRODUCER_URL is not set: give the Kafka brokers, e.g. KAFKA_PRODUCER_URL=kafka://localhost:9092, or set DRY_RUN=true to print events instead"}
+	}
+	return cfg, nil
+}
+
+func printUsage(w io.Writer, all []setting) {
+	fmt.Fprint(w, `pg2kafka ships Postgres row changes to Kafka through a transactional outbox.
+
+Usage: pg2kafka [flags]
+
+Every setting is an environment variable or a flag; a flag wins.
+
+`)
+	for _, s := range all {
+		def := ""
+		if s.def != "" {
+			def = " (default " + s.def + ")"
+		}
+		fmt.Fprintf(w, "  %s, -%s%s\n      %s\n", strings.Join(s.env, " or "), s.flag, def, s.help)
+	}
+}
+
+func boolInto(field func(*Config) *bool) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return errors.New("must be true or false")
+		}
+		*field(c) = b
+		return nil
+	}
+}
+
+func durationInto(field func(*Config) *time.Duration) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return errors.New("must be a positive duration such as 250ms, 5s or 1m")
+		}
+		*field(c) = d
+		return nil
+	}
+}
+
+func parseDatabaseURL(c *Config, v string) error {
+	if _, err := pgx.ParseConfig(v); err != nil {
+		// pgx's message repeats the connection string; give only its reason.
+		for u := errors.Unwrap(err); u != nil; u = errors.Unwrap(u) {
+			err = u
+		}
+		return fmt.Errorf("not a valid Postgres connection string (%v); want postgres://user:pass@host:5432/dbname", err)
+	}
+	c.DatabaseURL = v
+	return nil
+}
+
+func parseBrokers(c *Config, v string) error {
+	const allowed = "want kafka://host:port[,host:port…] or host:port[,host:port…]"
+	list := v
+	if scheme, rest, ok := strings.Cut(v, "://"); ok {
+		if scheme != "kafka" {
+			return fmt.Errorf("unknown scheme %q; %s", scheme, allowed)
+		}
+		list = rest
+	}
+	var brokers []string
+	for _, b := range strings.Split(list, ",") {
+		b = strings.TrimSpace(b)
+		host, port, err := net.SplitHostPort(b)
+		if err != nil || host == "" {
+			return fmt.Errorf("broker %q is not host:port; %s", b, allowed)
+		}
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			return fmt.Errorf("broker %q has no valid port; %s", b, allowed)
+		}
+		brokers = append(brokers, b)
+	}
+	c.KafkaBrokers = brokers
+	return nil
+}
+
+var (
+	passwordInURL = regexp.MustCompile(`(://[^:/@]*:).*@`)
+	passwordInDSN = regexp.MustCompile(`(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]*)`)
+)
+
+// quoteValue quotes a setting's value for an error message, with any
+// password replaced.
+func quoteValue(s setting, v string) string {
+	if s.secret {
+		v = redact(v)
+	}
+	return strconv.Quote(v)
+}
+
+// redact hides the password of a connection string, in URL or key=value form.
+func redact(connString string) string {
+	connString = passwordInURL.ReplaceAllString(connString, "${1}xxxxx@")
+	return passwordInDSN.ReplaceAllString(connString, "${1}xxxxx")
+}

@@ -1,0 +1,71 @@
+package outbox
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"log/slog"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
+	"github.com/pressly/goose/v3"
+	"github.com/pressly/goose/v3/lock"
+
+	"github.com/pg2kafka/pg2kafka/migrations"
+)
+
+// VersionTable is where Goose records the applied migrations. It lives in the
+// pg2kafka schema so that pg2kafka's versions never mix with the
+// application's own Goose history.
+const VersionTable = "pg2kafka.goose_db_version"
+
+// Migrate brings the pg2kafka schema up to the newest version. It is safe to
+// run from several replicas at once: a session advisory lock lets one migrate
+// while the others wait, then find nothing left to do.
+func Migrate(ctx context.Context, pool *pgxpool.Pool, logger *slog.Logger) error {
+	return withProvider(ctx, pool, func(p *goose.Provider) error {
+		results, err := p.Up(ctx)
+		for _, r := range results {
+			logger.Info("applied migration", slog.Int64("version", r.Source.Version), slog.String("file", r.Source.Path), slog.Duration("took", r.Duration))
+		}
+		return err
+	})
+}
+
+// MigrateDownTo rolls the pg2kafka schema back to version (0: nothing
+// installed, every trigger on user tables removed, user tables untouched).
+func MigrateDownTo(ctx context.Context, pool *pgxpool.Pool, version int64) error {
+	return withProvider(ctx, pool, func(p *goose.Provider) error {
+		_, err := p.DownTo(ctx, version)
+		return err
+	})
+}
+
+func withProvider(ctx context.Context, pool *pgxpool.Pool, fn func(*goose.Provider) error) error {
+	// Goose cannot create its version table in a schema that does not exist.
+	if _, err := pool.Exec(ctx, `CREATE SCHEMA IF NOT EXISTS pg2kafka`); err != nil {
+		return fmt.Errorf("outbox: migrate: create schema pg2kafka: %w", err)
+	}
+	locker, err := lock.NewPostgresSessionLocker()
+	if err != nil {
+		return fmt.Errorf("outbox: migrate: %w", err)
+	}
+	db := stdlib.OpenDBFromPool(pool)
+	defer db.Close()
+	provider, err := newProvider(db, locker)
+	if err != nil {
+		return fmt.Errorf("outbox: migrate: %w", err)
+	}
+	if err := fn(provider); err != nil {
+		return fmt.Errorf("outbox: migrate: %w", err)
+	}
+	return nil
+}
+
+func newProvider(db *sql.DB, locker lock.SessionLocker) (*goose.Provider, error) {
+	return goose.NewProvider(goose.DialectPostgres, db, migrations.FS,
+		goose.WithTableName(VersionTable),
+		goose.WithSessionLocker(locker),
+		goose.WithDisableGlobalRegistry(true),
+	)
+}

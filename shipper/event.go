@@ -1,0 +1,100 @@
+package shipper
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"hash/fnv"
+	"strings"
+	"time"
+
+	"github.com/pg2kafka/pg2kafka/outbox"
+)
+
+// appendEvent appends the event in the JSON format of the original pg2kafka:
+//
+//	{"uuid":"…","external_id":"…","statement":"INSERT","data":{…},"created_at":"2017-11-02T16:15:13.94077Z"}
+//
+// data is copied from Postgres as it came, only compacted (jsonb prints a
+// space after every colon and comma), never decoded.
+func appendEvent(dst []byte, e *outbox.Event) ([]byte, error) {
+	dst = append(dst, `{"uuid":"`...)
+	dst = append(dst, e.UUID.String()...)
+	dst = append(dst, `","external_id":`...)
+	if e.ExternalID == nil {
+		dst = append(dst, "null"...)
+	} else {
+		dst = appendJSONString(dst, *e.ExternalID)
+	}
+	dst = append(dst, `,"statement":`...)
+	dst = appendJSONString(dst, e.Statement)
+	dst = append(dst, `,"data":`...)
+	buf := bytes.NewBuffer(dst)
+	if err := json.Compact(buf, e.Data); err != nil {
+		return dst, fmt.Errorf("event %d: data is not valid JSON: %w", e.ID, err)
+	}
+	dst = buf.Bytes()
+	dst = append(dst, `,"created_at":"`...)
+	dst = e.CreatedAt.UTC().AppendFormat(dst, time.RFC3339Nano)
+	return append(dst, `"}`...), nil
+}
+
+// appendJSONString appends s as a JSON string. Unlike json.Marshal it leaves
+// <, > and & alone: the value is not HTML, and the external_id in the value
+// should read exactly like the record key.
+func appendJSONString(dst []byte, s string) []byte {
+	if !needsEscape(s) {
+		dst = append(dst, '"')
+		dst = append(dst, s...)
+		return append(dst, '"')
+	}
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(s) // a string always encodes
+	return append(dst, bytes.TrimSuffix(buf.Bytes(), []byte("\n"))...)
+}
+
+func needsEscape(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == '"' || c == '\\' || c >= 0x80 {
+			return true
+		}
+	}
+	return false
+}
+
+// maxTopicLength is Kafka's limit on topic names.
+const maxTopicLength = 249
+
+// TopicName returns the topic of a table's events:
+// pg2kafka[.namespace].database[.schema].table, the schema only when it is
+// not public. Characters Kafka does not allow in topic names (anything but
+// ASCII letters, digits, '.', '_' and '-') become '_'. A name longer than
+// Kafka allows is cut, and the cut is marked with a hash of the whole name so
+// that two long names do not meet on one topic.
+func TopicName(namespace, database string, table outbox.Table) string {
+	parts := make([]string, 0, 5)
+	parts = append(parts, "pg2kafka")
+	if namespace != "" {
+		parts = append(parts, namespace)
+	}
+	parts = append(parts, database)
+	if table.Schema != "public" {
+		parts = append(parts, table.Schema)
+	}
+	parts = append(parts, table.Name)
+	topic := strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '.', r == '_', r == '-':
+			return r
+		}
+		return '_'
+	}, strings.Join(parts, "."))
+	if len(topic) > maxTopicLength {
+		h := fnv.New32a()
+		h.Write([]byte(topic))
+		topic = fmt.Sprintf("%s-%08x", topic[:maxTopicLength-9], h.Sum32())
+	}
+	return topic
+}

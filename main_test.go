@@ -1,0 +1,348 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"go.uber.org/goleak"
+
+	"github.com/pg2kafka/pg2kafka/internal/pgtest"
+	"github.com/pg2kafka/pg2kafka/outbox"
+)
+
+// runAsMain makes the test binary behave as pg2kafka itself, so that tests
+// can send it real signals and read its real exit status.
+const runAsMain = "PG2KAFKA_TEST_RUN_AS_MAIN"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(runAsMain) == "1" {
+		main()
+		return
+	}
+	goleak.VerifyTestMain(m)
+}
+
+// pg2kafkaCommand returns a command running pg2kafka with env added to the
+// test's environment.
+func pg2kafkaCommand(t *testing.T, env ...string) (*exec.Cmd, *syncBuffer, *syncBuffer) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), append([]string{runAsMain + "=1"}, env...)...)
+	stdout, stderr := &syncBuffer{}, &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = stdout, stderr
+	return cmd, stdout, stderr
+}
+
+func migratedDatabase(t *testing.T) (*pgxpool.Pool, string) {
+	t.Helper()
+	pool, url := pgtest.NewPool(t)
+	if err := outbox.Migrate(context.Background(), pool, slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatal(err)
+	}
+	return pool, url
+}
+
+func mustExec(t *testing.T, pool *pgxpool.Pool, sql ...string) {
+	t.Helper()
+	for _, s := range sql {
+		if _, err := pool.Exec(context.Background(), s); err != nil {
+			t.Fatalf("%s: %v", s, err)
+		}
+	}
+}
+
+func queueLength(t *testing.T, pool *pgxpool.Pool) int {
+	t.Helper()
+	var n int
+	if err := pool.QueryRow(context.Background(), `SELECT count(*) FROM pg2kafka.outbound_event_queue`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestDryRunWritesEventsToStdoutAndDrainsTheQueue(t *testing.T) {
+	t.Parallel()
+	pool, url := migratedDatabase(t)
+	mustExec(t, pool,
+		`CREATE TABLE products (sku text PRIMARY KEY, name text)`,
+		`INSERT INTO products VALUES ('CM01-R', 'Red Mug')`,
+		`SELECT pg2kafka.setup('products', 'sku')`,
+		`UPDATE products SET name = 'Big Red Coffee Mug <&>'`,
+		`DELETE FROM products`,
+	)
+	var database string
+	rows, err := pool.Query(context.Background(), `SELECT current_database(), uuid::text, created_at FROM pg2kafka.outbound_event_queue ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var uuids []string
+	var times []time.Time
+	for rows.Next() {
+		var u string
+		var at time.Time
+		if err := rows.Scan(&database, &u, &at); err != nil {
+			t.Fatal(err)
+		}
+		uuids, times = append(uuids, u), append(times, at)
+	}
+	if rows.Err() != nil {
+		t.Fatal(rows.Err())
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stdout, stderr := &syncBuffer{}, &syncBuffer{}
+	env := map[string]string{"DATABASE_URL": url, "DRY_RUN": "true", "POLL_INTERVAL": "10ms"}
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, nil, func(k string) string { return env[k] }, stdout, stderr) }()
+	waitFor(t, "the queue to drain", func() bool { return queueLength(t, pool) == 0 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("run: %v", err)
+	}
+
+	topic := "pg2kafka." + database + ".products"
+	at := func(i int) string { return times[i].UTC().Format(time.RFC3339Nano) }
+	want := strings.Join([]string{
+		`{"topic":"` + topic + `","key":"CM01-R","value":{"uuid":"` + uuids[0] + `","external_id":"CM01-R","statement":"SNAPSHOT","data":{"sku":"CM01-R","name":"Red Mug"},"created_at":"` + at(0) + `"}}`,
+		`{"topic":"` + topic + `","key":"CM01-R","value":{"uuid":"` + uuids[1] + `","external_id":"CM01-R","statement":"UPDATE","data":{"name":"Big Red Coffee Mug <&>"},"created_at":"` + at(1) + `"}}`,
+		`{"topic":"` + topic + `","key":"CM01-R","value":{"uuid":"` + uuids[2] + `","external_id":"CM01-R","statement":"DELETE","data":{},"created_at":"` + at(2) + `"}}`,
+	}, "\n") + "\n"
+	if got := stdout.String(); got != want {
+		t.Fatalf("stdout:\n%s\nwant:\n%s", got, want)
+	}
+	if strings.Contains(stderr.String(), "{") && !strings.Contains(stderr.String(), "level=") {
+		t.Fatalf("stderr holds events rather than logs:\n%s", stderr)
+	}
+}
+
+func TestConfigErrorExitsWithStatus2(t *testing.T) {
+	t.Parallel()
+	cmd, stdout, stderr := pg2kafkaCommand(t, "DATABASE_URL=postgres://app:hunter2@db/shop", "KAFKA_PRODUCER_URL=", "KAFKA_BROKER=", "DRY_RUN=perhaps")
+	err := cmd.Run()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 2 {
+		t.Fatalf("exit: %v, want status 2", err)
+	}
+	if want := "pg2kafka: DRY_RUN=\"perhaps\": must be true or false\n"; stderr.String() != want {
+		t.Fatalf("stderr = %q, want %q", stderr.String(), want)
+	}
+	if stdout.String() != "" {
+		t.Fatalf("stdout = %q, want nothing", stdout.String())
+	}
+}
+
+// TestSIGTERMMidStream stops a real pg2kafka process with SIGTERM while a
+// writer keeps committing, and checks that it exits 0 and that every event
+// is either on the topic, once, or still queued.
+func TestSIGTERMMidStream(t *testing.T) {
+	t.Parallel()
+	pool, url := migratedDatabase(t)
+	mustExec(t, pool,
+		`CREATE TABLE orders (id int PRIMARY KEY, status text)`,
+		`SELECT pg2kafka.setup('orders', 'id')`,
+	)
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+
+	cmd, _, stderr := pg2kafkaCommand(t,
+		"DATABASE_URL="+url,
+		"KAFKA_PRODUCER_URL=kafka://"+strings.Join(cluster.ListenAddrs(), ","),
+		"KAFKA_CREATE_TOPICS=true",
+		"BATCH_SIZE=50",
+		"POLL_INTERVAL=5ms",
+	)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+
+	writerCtx, stopWriter := context.WithCancel(context.Background())
+	writerDone := make(chan error, 1)
+	go func() {
+		for i := 0; writerCtx.Err() == nil && i < 2000; i++ {
+			_, err := pool.Exec(context.Background(), `INSERT INTO orders SELECT g, 'new' FROM generate_series($1::int, $1 + 9) g`, i*10)
+			if err != nil {
+				writerDone <- err
+				return
+			}
+		}
+		writerDone <- nil
+	}()
+
+	client, err := kgo.NewClient(kgo.SeedBrokers(cluster.ListenAddrs()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	admin := kadm.NewClient(client)
+	var database string
+	if err := pool.QueryRow(context.Background(), `SELECT current_database()`).Scan(&database); err != nil {
+		t.Fatal(err)
+	}
+	topic := "pg2kafka." + database + ".orders"
+	defer func() {
+		if t.Failed() {
+			t.Logf("pg2kafka stderr:\n%s", stderr)
+		}
+	}()
+	waitFor(t, "records to flow", func() bool {
+		ends, err := admin.ListEndOffsets(context.Background(), topic)
+		var n int64
+		if err == nil {
+			ends.Each(func(o kadm.ListedOffset) { n += max(o.Offset, 0) })
+		}
+		return n >= 500
+	})
+
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("pg2kafka exited with %v after SIGTERM, want status 0\nstderr:\n%s", err, stderr)
+		}
+	case <-time.After(10 * time.Second):
+		_ = cmd.Process.Kill()
+		t.Fatalf("pg2kafka still running 10s after SIGTERM\nstderr:\n%s", stderr)
+	}
+	stopWriter()
+	if err := <-writerDone; err != nil {
+		t.Fatal(err)
+	}
+
+	var written []string
+	rows, err := pool.Query(context.Background(), `SELECT id::text FROM orders ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		written = append(written, id)
+	}
+	var queued []string
+	rows, err = pool.Query(context.Background(), `SELECT external_id FROM pg2kafka.outbound_event_queue`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		queued = append(queued, id)
+	}
+	shipped := readAll(t, cluster.ListenAddrs(), topic)
+
+	seen := make(map[string]int)
+	for _, id := range shipped {
+		seen[id]++
+		if seen[id] > 1 {
+			t.Errorf("order %s shipped twice", id)
+		}
+	}
+	for _, id := range queued {
+		if seen[id] > 0 {
+			t.Errorf("order %s shipped and still queued", id)
+		}
+		seen[id]++
+	}
+	for _, id := range written {
+		if seen[id] != 1 {
+			t.Errorf("order %s: on the topic or in the queue %d times, want once", id, seen[id])
+		}
+	}
+	if len(seen) != len(written) {
+		t.Errorf("%d orders accounted for, %d written", len(seen), len(written))
+	}
+	t.Logf("%d orders written, %d shipped before SIGTERM, %d left queued", len(written), len(shipped), len(queued))
+}
+
+// readAll returns the external IDs of every record on topic, in no
+// particular order.
+func readAll(t *testing.T, brokers []string, topic string) []string {
+	t.Helper()
+	client, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	ends, err := kadm.NewClient(client).ListEndOffsets(context.Background(), topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var total int64
+	ends.Each(func(o kadm.ListedOffset) { total += max(o.Offset, 0) })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var ids []string
+	for int64(len(ids)) < total {
+		fetches := client.PollFetches(ctx)
+		if ctx.Err() != nil {
+			t.Fatalf("read %d of %d records", len(ids), total)
+		}
+		fetches.EachRecord(func(r *kgo.Record) {
+			var event struct {
+				ExternalID string `json:"external_id"`
+			}
+			if err := json.Unmarshal(r.Value, &event); err != nil {
+				t.Fatalf("record %s: %v", r.Value, err)
+			}
+			ids = append(ids, event.ExternalID)
+		})
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.String()
+}
+

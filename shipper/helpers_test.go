@@ -38,7 +38,6 @@ type bundle struct {
 	logs     *syncBuffer
 }
 
-
 func setup(t *testing.T, opts ...kfake.Opt) *bundle {
 	t.Helper()
 	ctx := context.Background()

@@ -54,8 +54,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	logger := newLogger(cfg, stderr)
 
-	pool, err := outbox.Connect(ctx, cfg.DatabaseURL, cfg.SendTimeout+cfg.ShutdownTimeout+30*time.Second)
+	pool, err := outbox.Connect(ctx, cfg.DatabaseURL, cfg.SendTimeout+cfg.ShutdownTimeout+30*time.Second, logger)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // asked to stop while waiting for Postgres
+		}
 		return fmt.Errorf("%w (DATABASE_URL=%s)", err, redact(cfg.DatabaseURL))
 	}
 	defer pool.Close()

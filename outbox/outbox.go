@@ -8,10 +8,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -36,12 +38,16 @@ type Table struct {
 // Table returns the table the event came from.
 func (e *Event) Table() Table { return Table{Schema: e.TableSchema, Name: e.TableName} }
 
-// Connect opens a connection pool for the shipper. Unless the connection
-// string says otherwise, sessions are named pg2kafka (visible in
-// pg_stat_activity) and Postgres ends any session left idle inside a
-// transaction for idleInTxTimeout, so a stuck shipper cannot hold a claim,
+// Connect opens a connection pool for the shipper and waits until Postgres
+// answers, retrying with backoff while it is unreachable (starting, or
+// restarting) and logging each attempt; refused credentials or a missing
+// database end the wait at once, since retrying cannot fix them.
+//
+// Unless the connection string says otherwise, sessions are named pg2kafka
+// (visible in pg_stat_activity) and Postgres ends any session left idle inside
+// a transaction for idleInTxTimeout, so a stuck shipper cannot hold a claim,
 // and with it the xmin horizon, for long.
-func Connect(ctx context.Context, connString string, idleInTxTimeout time.Duration) (*pgxpool.Pool, error) {
+func Connect(ctx context.Context, connString string, idleInTxTimeout time.Duration, logger *slog.Logger) (*pgxpool.Pool, error) {
 	cfg, err := pgxpool.ParseConfig(connString)
 	if err != nil {
 		return nil, fmt.Errorf("outbox: parse DATABASE_URL: %w", err)
@@ -57,11 +63,40 @@ func Connect(ctx context.Context, connString string, idleInTxTimeout time.Durati
 	if err != nil {
 		return nil, fmt.Errorf("outbox: connect: %w", err)
 	}
-	if err := pool.Ping(ctx); err != nil {
-		pool.Close()
-		return nil, fmt.Errorf("outbox: connect to %s:%d/%s: %w", cfg.ConnConfig.Host, cfg.ConnConfig.Port, cfg.ConnConfig.Database, err)
+	where := fmt.Sprintf("%s:%d/%s", cfg.ConnConfig.Host, cfg.ConnConfig.Port, cfg.ConnConfig.Database)
+	delay := 100 * time.Millisecond
+	for {
+		err := pool.Ping(ctx)
+		if err == nil {
+			return pool, nil
+		}
+		if ctx.Err() != nil || isPermanent(err) {
+			pool.Close()
+			return nil, fmt.Errorf("outbox: connect to %s: %w", where, err)
+		}
+		logger.Warn("waiting for Postgres", slog.String("database", where), slog.Any("error", err), slog.Duration("retry_in", delay))
+		select {
+		case <-ctx.Done():
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 5*time.Second)
 	}
-	return pool, nil
+}
+
+// isPermanent reports whether a connection error is one that waiting will
+// not cure.
+func isPermanent(err error) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return false
+	}
+	switch pgErr.Code {
+	case "28P01", // invalid_password
+		"28000", // invalid_authorization_specification: no such role, or pg_hba.conf refuses it
+		"3D000": // invalid_catalog_name: no such database
+		return true
+	}
+	return false
 }
 
 // Queue is pg2kafka.outbound_event_queue.

@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -42,7 +41,9 @@ type setting struct {
 	def    string
 	help   string
 	secret bool
-	parse  func(c *Config, value string) error
+	// boolean settings are flags that may stand alone: -dry-run.
+	boolean bool
+	parse   func(c *Config, value string) error
 }
 
 func settings() []setting {
@@ -56,13 +57,13 @@ func settings() []setting {
 		{env: []string{"TOPIC_NAMESPACE"}, flag: "topic-namespace",
 			help:  "Inserted into every topic name: pg2kafka.<namespace>.<db>.<table>. Default: none.",
 			parse: func(c *Config, v string) error { c.TopicNamespace = v; return nil }},
-		{env: []string{"PERFORM_MIGRATIONS"}, flag: "perform-migrations", def: "false",
+		{env: []string{"PERFORM_MIGRATIONS"}, boolean: true, flag: "perform-migrations", def: "false",
 			help:  "Install or upgrade the pg2kafka schema before shipping.",
 			parse: boolInto(func(c *Config) *bool { return &c.PerformMigrations })},
-		{env: []string{"DRY_RUN"}, flag: "dry-run", def: "false",
+		{env: []string{"DRY_RUN"}, boolean: true, flag: "dry-run", def: "false",
 			help:  "Write each event to stdout as a JSON line instead of producing it to Kafka; events are still taken off the queue.",
 			parse: boolInto(func(c *Config) *bool { return &c.DryRun })},
-		{env: []string{"KAFKA_CREATE_TOPICS"}, flag: "kafka-create-topics", def: "false",
+		{env: []string{"KAFKA_CREATE_TOPICS"}, boolean: true, flag: "kafka-create-topics", def: "false",
 			help:  "Create missing topics instead of retrying their events until someone creates them.",
 			parse: boolInto(func(c *Config) *bool { return &c.KafkaCreateTopics })},
 		{env: []string{"KAFKA_TOPIC_PARTITIONS"}, flag: "kafka-topic-partitions", def: "-1",
@@ -134,53 +135,71 @@ type configError struct{ msg string }
 func (e *configError) Error() string { return e.msg }
 
 // parseConfig reads the environment, then the flags, which win over it.
+// Flags are parsed first all the same, so that -help works whatever the
+// environment holds.
 func parseConfig(args []string, getenv func(string) string, usage io.Writer) (Config, error) {
-	var cfg Config
 	all := settings()
+	type assignment struct {
+		setting setting
+		value   string
+	}
+	var fromFlags []assignment
+	fs := flag.NewFlagSet("pg2kafka", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	for _, s := range all {
+		record := func(v string) error {
+			fromFlags = append(fromFlags, assignment{s, v})
+			return nil
+		}
+		if s.boolean {
+			fs.BoolFunc(s.flag, "", record)
+		} else {
+			fs.Func(s.flag, "", record)
+		}
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			printUsage(usage, all)
+			return Config{}, errHelp
+		}
+		return Config{}, &configError{err.Error() + " (see pg2kafka -help)"}
+	}
+	if fs.NArg() > 0 {
+		arg := fmt.Sprintf("%q", fs.Arg(0))
+		if strings.ContainsAny(fs.Arg(0), "@=") {
+			arg = "(not shown: it may hold a password)"
+		}
+		return Config{}, &configError{fmt.Sprintf("unexpected argument %s: settings are flags or environment variables (see pg2kafka -help)", arg)}
+	}
+
+	var cfg Config
 	given := make(map[string]bool)
 	for _, s := range all {
-		if err := s.parse(&cfg, s.def); s.def != "" && err != nil {
-			panic(fmt.Sprintf("default of %s does not parse: %v", s.flag, err))
+		if s.def == "" {
+			continue
 		}
+		if err := s.parse(&cfg, s.def); err != nil {
+			panic(fmt.Sprintf("default of -%s does not parse: %v", s.flag, err))
+		}
+	}
+	for _, s := range all {
 		for _, name := range s.env {
 			v := getenv(name)
 			if v == "" {
 				continue
 			}
 			if err := s.parse(&cfg, v); err != nil {
-				return cfg, &configError{fmt.Sprintf("%s=%s: %v", name, quoteValue(s, v), err)}
+				return cfg, &configError{describe(name, s, v) + ": " + err.Error()}
 			}
 			given[s.flag] = true
 			break
 		}
 	}
-
-	fs := flag.NewFlagSet("pg2kafka", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	var badFlag error
-	for _, s := range all {
-		fs.Func(s.flag, "", func(v string) error {
-			if err := s.parse(&cfg, v); err != nil {
-				// flag's own message would repeat the value unredacted.
-				badFlag = &configError{fmt.Sprintf("-%s=%s: %v", s.flag, quoteValue(s, v), err)}
-				return badFlag
-			}
-			given[s.flag] = true
-			return nil
-		})
-	}
-	if err := fs.Parse(args); err != nil {
-		switch {
-		case errors.Is(err, flag.ErrHelp):
-			printUsage(usage, all)
-			return cfg, errHelp
-		case badFlag != nil:
-			return cfg, badFlag
+	for _, a := range fromFlags {
+		if err := a.setting.parse(&cfg, a.value); err != nil {
+			return cfg, &configError{describe("-"+a.setting.flag, a.setting, a.value) + ": " + err.Error()}
 		}
-		return cfg, &configError{err.Error() + " (see pg2kafka -help)"}
-	}
-	if fs.NArg() > 0 {
-		return cfg, &configError{fmt.Sprintf("unexpected argument %q: settings are flags or environment variables (see pg2kafka -help)", fs.Arg(0))}
+		given[a.setting.flag] = true
 	}
 
 	if !given["database-url"] {
@@ -190,6 +209,16 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (Co
 		return cfg, &configError{"KAFKA_PRODUCER_URL is not set: give the Kafka brokers, e.g. KAFKA_PRODUCER_URL=kafka://localhost:9092, or set DRY_RUN=true to print events instead"}
 	}
 	return cfg, nil
+}
+
+// describe names a setting and its value for an error message. The value of
+// a secret setting is left out: a connection string too mangled to parse
+// cannot be trusted to have its password found and hidden.
+func describe(name string, s setting, value string) string {
+	if s.secret {
+		return name
+	}
+	return name + "=" + strconv.Quote(value)
 }
 
 func printUsage(w io.Writer, all []setting) {
@@ -232,12 +261,10 @@ func durationInto(field func(*Config) *time.Duration) func(*Config, string) erro
 }
 
 func parseDatabaseURL(c *Config, v string) error {
-	if _, err := pgx.ParseConfig(v); err != nil {
-		// pgx's message repeats the connection string; give only its reason.
-		for u := errors.Unwrap(err); u != nil; u = errors.Unwrap(u) {
-			err = u
-		}
-		return fmt.Errorf("not a valid Postgres connection string (%v); want postgres://user:pass@host:5432/dbname", err)
+	// pgx's parse errors quote the connection string, so they are not
+	// repeated here.
+	if _, err := pgx.ParseConfig(v); err != nil || strings.TrimSpace(v) == "" {
+		return errors.New("not a valid Postgres connection string; want postgres://user:pass@host:5432/dbname?sslmode=… or key=value pairs (host=… dbname=…)")
 	}
 	c.DatabaseURL = v
 	return nil
@@ -266,24 +293,4 @@ func parseBrokers(c *Config, v string) error {
 	}
 	c.KafkaBrokers = brokers
 	return nil
-}
-
-var (
-	passwordInURL = regexp.MustCompile(`(://[^:/@]*:).*@`)
-	passwordInDSN = regexp.MustCompile(`(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]*)`)
-)
-
-// quoteValue quotes a setting's value for an error message, with any
-// password replaced.
-func quoteValue(s setting, v string) string {
-	if s.secret {
-		v = redact(v)
-	}
-	return strconv.Quote(v)
-}
-
-// redact hides the password of a connection string, in URL or key=value form.
-func redact(connString string) string {
-	connString = passwordInURL.ReplaceAllString(connString, "${1}xxxxx@")
-	return passwordInDSN.ReplaceAllString(connString, "${1}xxxxx")
 }

@@ -59,7 +59,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		if ctx.Err() != nil {
 			return nil // asked to stop while waiting for Postgres
 		}
-		return fmt.Errorf("%w (DATABASE_URL=%s)", err, redact(cfg.DatabaseURL))
+		return err
 	}
 	defer pool.Close()
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
@@ -18,6 +19,11 @@ import (
 // pg2kafka schema so that pg2kafka's versions never mix with the
 // application's own Goose history.
 const VersionTable = "pg2kafka.goose_db_version"
+
+// migrationLockID is the advisory lock key that serialises pg2kafka's
+// migrations; it differs from Goose's default so that an application's own
+// Goose migrations neither wait for pg2kafka's nor are waited for.
+const migrationLockID int64 = 0x706732_6b61666b // "pg2kafk"
 
 // Migrate brings the pg2kafka schema up to the newest version. It is safe to
 // run from several replicas at once: a session advisory lock lets one migrate
@@ -43,10 +49,21 @@ func MigrateDownTo(ctx context.Context, pool *pgxpool.Pool, version int64) error
 
 func withProvider(ctx context.Context, pool *pgxpool.Pool, fn func(*goose.Provider) error) error {
 	// Goose cannot create its version table in a schema that does not exist.
-	if _, err := pool.Exec(ctx, `CREATE SCHEMA IF NOT EXISTS pg2kafka`); err != nil {
+	// CREATE SCHEMA IF NOT EXISTS is not safe against a concurrent twin (the
+	// loser fails on pg_namespace's unique index), hence the lock.
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, migrationLockID); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `CREATE SCHEMA IF NOT EXISTS pg2kafka`)
+		return err
+	})
+	if err != nil {
 		return fmt.Errorf("outbox: migrate: create schema pg2kafka: %w", err)
 	}
-	locker, err := lock.NewPostgresSessionLocker()
+	// A replica that finds another migrating retries every second, for up to
+	// five minutes.
+	locker, err := lock.NewPostgresSessionLocker(lock.WithLockID(migrationLockID), lock.WithLockTimeout(1, 300))
 	if err != nil {
 		return fmt.Errorf("outbox: migrate: %w", err)
 	}

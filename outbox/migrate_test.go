@@ -1,0 +1,246 @@
+package outbox_test
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"reflect"
+	"sync"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/goleak"
+
+	"github.com/pg2kafka/pg2kafka/internal/pgtest"
+	"github.com/pg2kafka/pg2kafka/outbox"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// migrationLog records what Migrate tells its operator, without the times
+// that differ from run to run.
+type migrationLog struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *migrationLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *migrationLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+func (l *migrationLog) logger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{
+		ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+			if a.Key == slog.TimeKey || a.Key == "took" {
+				return slog.Attr{}
+			}
+			return a
+		},
+	}))
+}
+
+const appliedV1 = "level=INFO msg=\"applied migration\" version=1 file=00001_outbox.sql\n"
+
+type gooseVersion struct {
+	VersionID int64 `db:"version_id"`
+	IsApplied bool  `db:"is_applied"`
+}
+
+// requireVersions fails the test unless Goose's version table holds want.
+func requireVersions(t *testing.T, ctx context.Context, pool *pgxpool.Pool, want ...gooseVersion) {
+	t.Helper()
+	rows, _ := pool.Query(ctx, `SELECT version_id, is_applied FROM `+outbox.VersionTable+` ORDER BY id`)
+	got, err := pgx.CollectRows(rows, pgx.RowToStructByName[gooseVersion])
+	if err != nil {
+		t.Fatalf("read %s: %v", outbox.VersionTable, err)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("%s = %+v, want %+v", outbox.VersionTable, got, want)
+	}
+}
+
+// schemaObjects lists the relations (by pg_class.relkind: S sequence, i
+// index, r table) and the functions in the pg2kafka schema, leaving out
+// Goose's version table and its key and sequence, which stay whatever version
+// is installed. (When two replicas create that table at once, Goose retries,
+// and Postgres may name its sequence goose_db_version_id_seq1.)
+func schemaObjects(t *testing.T, ctx context.Context, pool *pgxpool.Pool) []string {
+	t.Helper()
+	rows, _ := pool.Query(ctx, `
+		SELECT object FROM (
+			SELECT c.relkind::text || ' ' || c.relname AS object FROM pg_class c
+			WHERE c.relnamespace = 'pg2kafka'::regnamespace AND c.relname NOT LIKE 'goose\_db\_version%'
+			UNION ALL
+			SELECT 'function ' || p.oid::regprocedure::text FROM pg_proc p
+			WHERE p.pronamespace = 'pg2kafka'::regnamespace
+		) AS o
+		ORDER BY object COLLATE "C"`)
+	objects, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatalf("list schema pg2kafka: %v", err)
+	}
+	return objects
+}
+
+var latestObjects = []string{
+	"S outbound_event_queue_id_seq",
+	"function pg2kafka.enqueue_event()",
+	"function pg2kafka.setup(regclass,text)",
+	"i outbound_event_queue_pkey",
+	"i tracked_tables_pkey",
+	"r outbound_event_queue",
+	"r tracked_tables",
+}
+
+func TestMigrateTwiceIsNoOp(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	pool, _ := pgtest.NewPool(t)
+	var first, second migrationLog
+
+	if err := outbox.Migrate(ctx, pool, first.logger()); err != nil {
+		t.Fatalf("first Migrate: %v", err)
+	}
+	if err := outbox.Migrate(ctx, pool, second.logger()); err != nil {
+		t.Fatalf("second Migrate: %v", err)
+	}
+
+	if got := first.String(); got != appliedV1 {
+		t.Errorf("first Migrate logged %q, want %q", got, appliedV1)
+	}
+	if got := second.String(); got != "" {
+		t.Errorf("second Migrate logged %q, want nothing", got)
+	}
+	if outbox.VersionTable != "pg2kafka.goose_db_version" {
+		t.Errorf("VersionTable = %q", outbox.VersionTable)
+	}
+	requireVersions(t, ctx, pool, gooseVersion{0, true}, gooseVersion{1, true})
+	if got := schemaObjects(t, ctx, pool); !reflect.DeepEqual(got, latestObjects) {
+		t.Errorf("schema pg2kafka:\n got %q\nwant %q", got, latestObjects)
+	}
+	// Nothing of pg2kafka's lands in the application's own Goose table.
+	var n int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM pg_class WHERE relname = 'goose_db_version' AND relnamespace = 'public'::regnamespace`).Scan(&n); err != nil || n != 0 {
+		t.Errorf("public.goose_db_version: count %d, err %v; want none", n, err)
+	}
+}
+
+func TestMigrateConcurrently(t *testing.T) {
+	t.Parallel()
+	ctx := t.Context()
+	connString := pgtest.NewDatabase(t)
+	// Two replicas starting together, each with its own pool. Both reach the
+	// schema before either holds Goose's lock, so whatever they run there
+	// must be safe against the other running it at the same moment (CREATE
+	// SCHEMA IF NOT EXISTS is not: the slower one fails with 23505).
+	var pools [2]*pgxpool.Pool
+	for i := range pools {
+		pool, err := pgxpool.New(ctx, connString)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(pool.Close)
+		// Connected beforehand, so that the two start as close together as
+		// replicas restarted at once.
+		if err := pool.Ping(ctx); err != nil {
+			t.Fatal(err)
+		}
+		pools[i] = pool
+	}
+
+	var log migrationLog
+	var errs [2]error
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i, pool := range pools {
+		wg.Go(func() {
+			<-start
+			errs[i] = outbox.Migrate(ctx, pool, log.logger())
+		})
+	}
+	close(start)
+	wg.Wait()
+
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("Migrate %d: %v", i, err)
+		}
+	}
+	if got := log.String(); got != appliedV1 {
+		t.Errorf("Migrate calls logged %q, want the migration applied once: %q", got, appliedV1)
+	}
+	requireVersions(t, ctx, pools[0], gooseVersion{0, true}, gooseVersion{1, true})
+	if got := schemaObjects(t, ctx, pools[0]); !reflect.DeepEqual(got, latestObjects) {
+		t.Errorf("schema pg2kafka:\n got %q\nwant %q", got, latestObjects)
+	}
+}
+
+func TestMigrateDownToZeroAndUpAgain(t *testing.T) {
+	t.Parallel()
+	b := setup(t,
+		`CREATE TABLE products (id int PRIMARY KEY, sku text)`,
+		`CREATE SCHEMA "Sales"`,
+		`CREATE TABLE "Sales"."Order Items" ("SKU" text)`,
+		`INSERT INTO products VALUES (1, 'A1')`,
+		`INSERT INTO "Sales"."Order Items" VALUES ('S-1')`,
+		`SELECT pg2kafka.setup('products', 'sku')`,
+		`SELECT pg2kafka.setup('"Sales"."Order Items"', 'SKU')`,
+		// A tracked table dropped since: the down migration must cope.
+		`CREATE TABLE gone (k text)`,
+		`SELECT pg2kafka.setup('gone', 'k')`,
+		`DROP TABLE gone`,
+	)
+
+	if err := outbox.MigrateDownTo(b.ctx, b.pool, 0); err != nil {
+		t.Fatalf("MigrateDownTo(0): %v", err)
+	}
+
+	if got := schemaObjects(t, b.ctx, b.pool); len(got) != 0 {
+		t.Errorf("schema pg2kafka after MigrateDownTo(0) holds %q, want nothing but Goose's version table", got)
+	}
+	if n := b.count(t, `SELECT count(*) FROM pg_trigger WHERE tgname = 'pg2kafka_enqueue_event'`); n != 0 {
+		t.Errorf("%d pg2kafka triggers left, want 0", n)
+	}
+	requireVersions(t, b.ctx, b.pool, gooseVersion{0, true})
+	// The user's tables and rows are untouched and writable.
+	b.exec(t,
+		`INSERT INTO products VALUES (2, 'B2')`,
+		`UPDATE "Sales"."Order Items" SET "SKU" = 'S-2'`,
+	)
+	if n := b.count(t, `SELECT count(*) FROM products WHERE (id, sku) IN ((1, 'A1'), (2, 'B2'))`); n != 2 {
+		t.Errorf("products holds %d of its 2 rows", n)
+	}
+	if n := b.count(t, `SELECT count(*) FROM "Sales"."Order Items" WHERE "SKU" = 'S-2'`); n != 1 {
+		t.Errorf(`"Sales"."Order Items" holds %d of its 1 row`, n)
+	}
+
+	var log migrationLog
+	if err := outbox.Migrate(b.ctx, b.pool, log.logger()); err != nil {
+		t.Fatalf("Migrate after MigrateDownTo(0): %v", err)
+	}
+	if got := log.String(); got != appliedV1 {
+		t.Errorf("Migrate logged %q, want %q", got, appliedV1)
+	}
+	b.exec(t, `SELECT pg2kafka.setup('products', 'sku')`,
+		`INSERT INTO products VALUES (3, 'C3')`)
+
+	b.requireQueue(t,
+		queued{ptr("A1"), "public", "products", "SNAPSHOT", `{"id": 1, "sku": "A1"}`},
+		queued{ptr("B2"), "public", "products", "SNAPSHOT", `{"id": 2, "sku": "B2"}`},
+		queued{ptr("C3"), "public", "products", "INSERT", `{"id": 3, "sku": "C3"}`},
+	)
+	if n := b.triggers(t, "products"); n != 1 {
+		t.Errorf("products has %d pg2kafka triggers, want 1", n)
+	}
+}

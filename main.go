@@ -52,7 +52,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
-	logger := newLogger(cfg, stderr)
+	logger := newLogger(cfg, stderr, cfg.LogLevel)
 
 	pool, err := outbox.Connect(ctx, cfg.DatabaseURL, cfg.SendTimeout+cfg.ShutdownTimeout+30*time.Second, logger)
 	if err != nil {
@@ -83,7 +83,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			TopicReplicationFactor: cfg.KafkaTopicReplicationFactor,
 		},
 			kgo.SeedBrokers(cfg.KafkaBrokers...),
-			kgo.WithLogger(kslog.New(logger.With(slog.String("component", "kafka")))),
+			// franz-go narrates routine events at info level; keep its warnings.
+			kgo.WithLogger(kslog.New(newLogger(cfg, stderr, max(cfg.LogLevel, slog.LevelWarn)).With(slog.String("component", "kafka")))),
 		)
 		if err != nil {
 			return err
@@ -111,8 +112,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	return err
 }
 
-func newLogger(cfg Config, w io.Writer) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
+func newLogger(cfg Config, w io.Writer, level slog.Level) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level}
 	if cfg.LogFormat == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}

@@ -345,3 +345,45 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.buf.String()
 }
+
+// TestLogsNeverShowThePassword runs pg2kafka against a Postgres that is not
+// there, so that it logs its connection attempts, and against one that
+// refuses the login, and checks that neither the logs nor the error show the
+// password.
+func TestLogsNeverShowThePassword(t *testing.T) {
+	t.Parallel()
+	const password = "hunter2-s3cret"
+	for _, url := range []string{
+		"postgres://app:" + password + "@127.0.0.1:1/shop?connect_timeout=1",
+		"postgres://no_such_role:" + password + "@127.0.0.1:5432/postgres",
+		"host=127.0.0.1 port=1 user=app password=" + password + " dbname=shop",
+	} {
+		ctx, cancel := context.WithCancel(context.Background())
+		stdout, stderr := &syncBuffer{}, &syncBuffer{}
+		env := map[string]string{"DATABASE_URL": url, "DRY_RUN": "true", "LOG_LEVEL": "debug"}
+		done := make(chan error, 1)
+		go func() { done <- run(ctx, nil, func(k string) string { return env[k] }, stdout, stderr) }()
+		// Either it is refused at once, or it waits, logging its attempts.
+		var err error
+		waitFor(t, "a refusal or a logged attempt", func() bool {
+			select {
+			case err = <-done:
+				return true
+			default:
+				if strings.Contains(stderr.String(), "waiting for Postgres") {
+					cancel()
+					err = <-done
+					return true
+				}
+				return false
+			}
+		})
+		cancel()
+		if err != nil && strings.Contains(err.Error(), password) {
+			t.Errorf("error shows the password: %v", err)
+		}
+		if strings.Contains(stderr.String(), password) {
+			t.Errorf("logs show the password:\n%s", stderr)
+		}
+	}
+}

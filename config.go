@@ -25,6 +25,9 @@ type Config struct {
 	KafkaTopicPartitions        int32
 	KafkaTopicReplicationFactor int16
 	BatchSize                   int
+	Workers                     int
+	KafkaCompression            string
+	KafkaLinger                 time.Duration
 	PollInterval                time.Duration
 	SendTimeout                 time.Duration
 	ShutdownTimeout             time.Duration
@@ -96,8 +99,37 @@ func settings() []setting {
 				c.BatchSize = n
 				return nil
 			}},
-		{env: []string{"POLL_INTERVAL"}, flag: "poll-interval", def: "100ms",
-			help:  "How long to wait before looking for events again after the queue held less than a batch.",
+		{env: []string{"WORKERS"}, flag: "workers", def: "2",
+			help: "Batches in flight at once (1 to 64), each from its own share of the queue's lanes over its own connection. Replicas share the lanes among all their workers.",
+			parse: func(c *Config, v string) error {
+				n, err := strconv.Atoi(v)
+				if err != nil || n < 1 || n > 64 {
+					return errors.New("must be a whole number from 1 to 64")
+				}
+				c.Workers = n
+				return nil
+			}},
+		{env: []string{"KAFKA_COMPRESSION"}, flag: "kafka-compression", def: "snappy",
+			help: "Compression of produced batches: none, gzip, snappy, lz4 or zstd.",
+			parse: func(c *Config, v string) error {
+				if _, ok := compressionCodecs[v]; !ok {
+					return errors.New("must be none, gzip, snappy, lz4 or zstd")
+				}
+				c.KafkaCompression = v
+				return nil
+			}},
+		{env: []string{"KAFKA_LINGER"}, flag: "kafka-linger", def: "0s",
+			help: "How long the producer waits for more records before sending a partition's batch; pg2kafka hands over whole batches at once, so waiting mostly adds latency.",
+			parse: func(c *Config, v string) error {
+				d, err := time.ParseDuration(v)
+				if err != nil || d < 0 || d > time.Minute {
+					return errors.New("must be a duration from 0s to 1m, such as 0s, 5ms or 100ms")
+				}
+				c.KafkaLinger = d
+				return nil
+			}},
+		{env: []string{"POLL_INTERVAL"}, flag: "poll-interval", def: "50ms",
+			help:  "How long a worker waits before looking for events again after finding none; after any event it looks again at once.",
 			parse: durationInto(func(c *Config) *time.Duration { return &c.PollInterval })},
 		{env: []string{"SEND_TIMEOUT"}, flag: "send-timeout", def: "30s",
 			help:  "Longest a batch waits for Kafka's acknowledgements before it is rolled back and retried.",

@@ -34,7 +34,9 @@ func defaultConfig() Config {
 		KafkaTopicPartitions:        -1,
 		KafkaTopicReplicationFactor: -1,
 		BatchSize:                   1000,
-		PollInterval:                100 * time.Millisecond,
+		Workers:                     2,
+		KafkaCompression:            "snappy",
+		PollInterval:                50 * time.Millisecond,
 		SendTimeout:                 30 * time.Second,
 		ShutdownTimeout:             5 * time.Second,
 		LogLevel:                    slog.LevelInfo,
@@ -95,6 +97,9 @@ func TestParseConfig(t *testing.T) {
 			"KAFKA_TOPIC_PARTITIONS":         "12",
 			"KAFKA_TOPIC_REPLICATION_FACTOR": "3",
 			"BATCH_SIZE":                     "100000",
+			"WORKERS":                        "8",
+			"KAFKA_COMPRESSION":              "zstd",
+			"KAFKA_LINGER":                   "5ms",
 			"POLL_INTERVAL":                  "250ms",
 			"SEND_TIMEOUT":                   "1m",
 			"SHUTDOWN_TIMEOUT":               "2s",
@@ -110,6 +115,9 @@ func TestParseConfig(t *testing.T) {
 				KafkaTopicPartitions:        12,
 				KafkaTopicReplicationFactor: 3,
 				BatchSize:                   100000,
+				Workers:                     8,
+				KafkaCompression:            "zstd",
+				KafkaLinger:                 5 * time.Millisecond,
 				PollInterval:                250 * time.Millisecond,
 				SendTimeout:                 time.Minute,
 				ShutdownTimeout:             2 * time.Second,
@@ -313,7 +321,7 @@ func TestParseConfigHelpListsEverySetting(t *testing.T) {
 	if !errors.Is(err, errHelp) {
 		t.Fatalf("err = %v, want errHelp", err)
 	}
-	for _, line := range []string{
+	want := []string{
 		"  DATABASE_URL, -database-url\n",
 		"  KAFKA_PRODUCER_URL or KAFKA_BROKER, -kafka-producer-url\n",
 		"  TOPIC_NAMESPACE, -topic-namespace\n",
@@ -323,12 +331,16 @@ func TestParseConfigHelpListsEverySetting(t *testing.T) {
 		"  KAFKA_TOPIC_PARTITIONS, -kafka-topic-partitions (default -1)\n",
 		"  KAFKA_TOPIC_REPLICATION_FACTOR, -kafka-topic-replication-factor (default -1)\n",
 		"  BATCH_SIZE, -batch-size (default 1000)\n",
-		"  POLL_INTERVAL, -poll-interval (default 100ms)\n",
+		"  WORKERS, -workers (default 2)\n",
+		"  KAFKA_COMPRESSION, -kafka-compression (default snappy)\n",
+		"  KAFKA_LINGER, -kafka-linger (default 0s)\n",
+		"  POLL_INTERVAL, -poll-interval (default 50ms)\n",
 		"  SEND_TIMEOUT, -send-timeout (default 30s)\n",
 		"  SHUTDOWN_TIMEOUT, -shutdown-timeout (default 5s)\n",
 		"  LOG_LEVEL, -log-level (default info)\n",
 		"  LOG_FORMAT, -log-format (default text)\n",
-	} {
+	}
+	for _, line := range want {
 		if !strings.Contains(usage.String(), line) {
 			t.Errorf("usage lacks %q", line)
 		}
@@ -340,8 +352,8 @@ func TestParseConfigHelpListsEverySetting(t *testing.T) {
 			n++
 		}
 	}
-	if n != 14 {
-		t.Errorf("usage lists %d settings, want 14:\n%s", n, usage.String())
+	if n != len(want) {
+		t.Errorf("usage lists %d settings, want %d:\n%s", n, len(want), usage.String())
 	}
 }
 

@@ -83,6 +83,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			TopicReplicationFactor: cfg.KafkaTopicReplicationFactor,
 		},
 			kgo.SeedBrokers(cfg.KafkaBrokers...),
+			kgo.ProducerBatchCompression(compressionCodecs[cfg.KafkaCompression]),
+			kgo.ProducerLinger(cfg.KafkaLinger),
 			// franz-go narrates routine events at info level; keep its warnings.
 			kgo.WithLogger(kslog.New(newLogger(cfg, stderr, max(cfg.LogLevel, slog.LevelWarn)).With(slog.String("component", "kafka")))),
 		)
@@ -97,11 +99,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		slog.String("database", database),
 		slog.Bool("dry_run", cfg.DryRun),
 		slog.Any("brokers", cfg.KafkaBrokers),
-		slog.Int("batch_size", cfg.BatchSize))
+		slog.Int("batch_size", cfg.BatchSize),
+		slog.Int("workers", cfg.Workers))
 	s := shipper.New(shipper.Config{
 		Database:        database,
 		TopicNamespace:  cfg.TopicNamespace,
 		BatchSize:       cfg.BatchSize,
+		Workers:         cfg.Workers,
 		PollInterval:    cfg.PollInterval,
 		SendTimeout:     cfg.SendTimeout,
 		ShutdownTimeout: cfg.ShutdownTimeout,
@@ -110,6 +114,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	err = s.Run(ctx)
 	logger.Info("pg2kafka stopped")
 	return err
+}
+
+// compressionCodecs maps KAFKA_COMPRESSION's values to franz-go's codecs.
+var compressionCodecs = map[string]kgo.CompressionCodec{
+	"none":   kgo.NoCompression(),
+	"gzip":   kgo.GzipCompression(),
+	"snappy": kgo.SnappyCompression(),
+	"lz4":    kgo.Lz4Compression(),
+	"zstd":   kgo.ZstdCompression(),
 }
 
 func newLogger(cfg Config, w io.Writer, level slog.Level) *slog.Logger {

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
@@ -97,96 +96,6 @@ func isPermanent(err error) bool {
 		return true
 	}
 	return false
-}
-
-// Queue is pg2kafka.outbound_event_queue.
-type Queue struct {
-	pool *pgxpool.Pool
-}
-
-// NewQueue returns the queue of the database pool is connected to.
-func NewQueue(pool *pgxpool.Pool) *Queue { return &Queue{pool: pool} }
-
-// Rows are claimed in id order, which is the order the events were written
-// in, and locked so that another shipper skips them rather than shipping them
-// twice.
-const claimSQL = `
-SELECT id, uuid, external_id, table_schema, table_name, statement, data, created_at
-FROM pg2kafka.outbound_event_queue
-ORDER BY id
-LIMIT $1
-FOR UPDATE SKIP LOCKED`
-
-// claimExceptSQL is claimSQL for when some tables are backing off: their
-// events stay queued, in place, while the others flow.
-const claimExceptSQL = `
-SELECT id, uuid, external_id, table_schema, table_name, statement, data, created_at
-FROM pg2kafka.outbound_event_queue
-WHERE (table_schema, table_name) NOT IN (SELECT * FROM unnest($2::text[], $3::text[]))
-ORDER BY id
-LIMIT $1
-FOR UPDATE SKIP LOCKED`
-
-const deleteSQL = `DELETE FROM pg2kafka.outbound_event_queue WHERE id = ANY($1)`
-
-// Batch is a claimed set of events. Its rows stay locked until Complete or
-// Rollback, one of which must be called.
-type Batch struct {
-	Events []Event
-	tx     pgx.Tx
-}
-
-// Claim locks and returns up to limit of the oldest queued events not locked
-// by another shipper, skipping the tables in except. An empty queue yields a
-// batch with no events.
-func (q *Queue) Claim(ctx context.Context, limit int, except []Table) (*Batch, error) {
-	tx, err := q.pool.Begin(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("outbox: claim: %w", err)
-	}
-	var rows pgx.Rows
-	if len(except) == 0 {
-		rows, err = tx.Query(ctx, claimSQL, limit)
-	} else {
-		schemas, names := make([]string, len(except)), make([]string, len(except))
-		for i, t := range except {
-			schemas[i], names[i] = t.Schema, t.Name
-		}
-		rows, err = tx.Query(ctx, claimExceptSQL, limit, schemas, names)
-	}
-	var events []Event
-	if err == nil {
-		events, err = pgx.CollectRows(rows, pgx.RowToStructByName[Event])
-	}
-	if err != nil {
-		_ = tx.Rollback(context.WithoutCancel(ctx))
-		return nil, fmt.Errorf("outbox: claim: %w", err)
-	}
-	return &Batch{Events: events, tx: tx}, nil
-}
-
-// Complete deletes the events whose ids are given, which must be events of
-// this batch that their destination acknowledged, and commits: the other
-// events of the batch are released for a later claim.
-func (b *Batch) Complete(ctx context.Context, acknowledged []int64) error {
-	if len(acknowledged) > 0 {
-		if _, err := b.tx.Exec(ctx, deleteSQL, acknowledged); err != nil {
-			_ = b.tx.Rollback(context.WithoutCancel(ctx))
-			return fmt.Errorf("outbox: delete acknowledged events: %w", err)
-		}
-	}
-	if err := b.tx.Commit(ctx); err != nil {
-		return fmt.Errorf("outbox: commit acknowledged events: %w", err)
-	}
-	return nil
-}
-
-// Rollback releases every event of the batch for a later claim.
-func (b *Batch) Rollback(ctx context.Context) error {
-	if err := b.tx.Rollback(ctx); err != nil && !errors.Is(err, pgx.ErrTxClosed) {
-		return fmt.Errorf("outbox: release batch: %w", err)
-	}
-	return nil
 }
 
 // CurrentDatabase returns the name of the database the pool is connected to,

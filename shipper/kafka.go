@@ -31,6 +31,7 @@ type KafkaSink struct {
 	cfg    KafkaConfig
 	// existing holds the topics known to exist, so that CreateTopics costs
 	// one request per topic, not one per batch.
+	mu       sync.Mutex
 	existing map[string]bool
 }
 
@@ -93,6 +94,8 @@ func explainProduceError(topic string, err error) error {
 // createMissingTopics creates the topics of msgs not yet known to exist and
 // returns those that could not be created, with the reason.
 func (s *KafkaSink) createMissingTopics(ctx context.Context, msgs []Message) map[string]error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	var missing []string
 	seen := make(map[string]bool)
 	for i := range msgs {

@@ -7,6 +7,7 @@ import (
 	"context"
 	"log/slog"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	"github.com/pg2kafka/pg2kafka/outbox"
@@ -20,9 +21,17 @@ type Config struct {
 	TopicNamespace string
 	// BatchSize is the most events claimed and sent at once. Default 1000.
 	BatchSize int
-	// PollInterval is how long the shipper waits before looking again when
-	// the queue had less than a full batch. Default 100ms.
+	// Workers is how many batches are in flight at once, each from its own
+	// share of the lanes over its own connection. Default 2.
+	Workers int
+	// PollInterval is how long a worker waits before looking again when it
+	// found its lanes empty; after any event it looks again at once.
+	// Default 50ms.
 	PollInterval time.Duration
+	// RebalanceInterval is how often a worker checks that it owns its fair
+	// share of the lanes, which is also how soon the lanes of a shipper that
+	// died are taken over. Default 1s.
+	RebalanceInterval time.Duration
 	// SendTimeout bounds how long one batch may wait for its destination,
 	// and so how long its claim transaction stays open. Default 30s.
 	SendTimeout time.Duration
@@ -39,8 +48,14 @@ func (c *Config) withDefaults() Config {
 	if out.BatchSize <= 0 {
 		out.BatchSize = 1000
 	}
+	if out.Workers <= 0 {
+		out.Workers = 2
+	}
 	if out.PollInterval <= 0 {
-		out.PollInterval = 100 * time.Millisecond
+		out.PollInterval = 50 * time.Millisecond
+	}
+	if out.RebalanceInterval <= 0 {
+		out.RebalanceInterval = time.Second
 	}
 	if out.SendTimeout <= 0 {
 		out.SendTimeout = 30 * time.Second
@@ -54,82 +69,112 @@ func (c *Config) withDefaults() Config {
 	return out
 }
 
-// Shipper drains the outbox into a Sink. One goroutine runs it.
+// Shipper drains the outbox into a Sink with several workers.
 type Shipper struct {
-	cfg    Config
-	queue  *outbox.Queue
-	sink   Sink
-	logger *slog.Logger
+	cfg   Config
+	queue *outbox.Queue
+	sink  Sink
+}
+
+// New returns a shipper from queue to sink.
+func New(cfg Config, queue *outbox.Queue, sink Sink) *Shipper {
+	return &Shipper{cfg: cfg.withDefaults(), queue: queue, sink: sink}
+}
+
+// Run ships until ctx ends, then returns nil once the batches in flight are
+// settled. Errors of the database or the destination are logged and retried
+// with backoff; none ends Run, and none loses an event.
+func (s *Shipper) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	for i := range s.cfg.Workers {
+		w := &worker{
+			cfg:     s.cfg,
+			claimer: s.queue.NewClaimer(s.cfg.Logger.With(slog.Int("worker", i))),
+			sink:    s.sink,
+			logger:  s.cfg.Logger.With(slog.Int("worker", i)),
+			topics:  make(map[outbox.Table]string),
+			paused:  make(map[outbox.Table]*retryState),
+		}
+		wg.Go(func() { w.run(ctx) })
+	}
+	wg.Wait()
+	return nil
+}
+
+// worker is one claim → send → settle loop over its share of the lanes.
+type worker struct {
+	cfg     Config
+	claimer *outbox.Claimer
+	sink    Sink
+	logger  *slog.Logger
 
 	topics map[outbox.Table]string
 	// paused holds the tables whose last events failed, until their retry
 	// time: their events stay queued while other tables keep flowing.
 	paused map[outbox.Table]*retryState
-	// dbRetry backs off after database errors, which stop every table.
-	dbRetry retryState
+	// dbRetry backs off after database errors, which stop the worker.
+	dbRetry       retryState
+	lastRebalance time.Time
 }
 
-// New returns a shipper from queue to sink.
-func New(cfg Config, queue *outbox.Queue, sink Sink) *Shipper {
-	cfg = cfg.withDefaults()
-	return &Shipper{
-		cfg:    cfg,
-		queue:  queue,
-		sink:   sink,
-		logger: cfg.Logger,
-		topics: make(map[outbox.Table]string),
-		paused: make(map[outbox.Table]*retryState),
-	}
-}
-
-// Run ships until ctx ends, then returns nil once the batch in flight is
-// settled. Errors of the database or the destination are logged and retried
-// with backoff; none ends Run, and none loses an event.
-func (s *Shipper) Run(ctx context.Context) error {
+func (w *worker) run(ctx context.Context) {
+	defer w.claimer.Close(context.WithoutCancel(ctx))
 	for ctx.Err() == nil {
-		full, err := s.shipBatch(ctx)
+		claimed, err := w.step(ctx)
 		switch {
 		case ctx.Err() != nil:
 		case err != nil:
-			delay := s.dbRetry.fail()
-			s.logger.Error("shipping stopped by a database error; retrying", slog.Any("error", err), slog.Duration("retry_in", delay))
+			delay := w.dbRetry.fail()
+			w.logger.Error("shipping stopped by a database error; retrying", slog.Any("error", err), slog.Duration("retry_in", delay))
 			sleep(ctx, delay)
-		case full:
-			// More is probably waiting: claim again at once.
-		default:
-			sleep(ctx, s.cfg.PollInterval)
+		case claimed == 0:
+			sleep(ctx, w.cfg.PollInterval)
 		}
 	}
-	return nil
 }
 
-// shipBatch ships one batch and reports whether it was full.
-func (s *Shipper) shipBatch(ctx context.Context) (full bool, err error) {
-	batch, err := s.queue.Claim(ctx, s.cfg.BatchSize, s.pausedTables())
-	if err != nil {
-		return false, err
+// step rebalances the lanes when it is time, then ships one batch, and
+// returns how many events it claimed.
+func (w *worker) step(ctx context.Context) (int, error) {
+	if time.Since(w.lastRebalance) >= w.cfg.RebalanceInterval {
+		if err := w.claimer.Rebalance(ctx); err != nil {
+			return 0, err
+		}
+		w.lastRebalance = time.Now()
 	}
-	s.dbRetry.succeed()
+	return w.shipBatch(ctx)
+}
+
+// shipBatch ships one batch and returns how many events it claimed.
+func (w *worker) shipBatch(ctx context.Context) (int, error) {
+	claimStart := time.Now()
+	batch, err := w.claimer.Claim(ctx, w.cfg.BatchSize, w.pausedTables())
+	if err != nil {
+		return 0, err
+	}
+	w.dbRetry.succeed()
 	if len(batch.Events) == 0 {
-		return false, batch.Rollback(ctx)
+		return 0, batch.Rollback(ctx)
 	}
 
-	msgs, ids, err := s.encode(batch.Events)
+	msgs, ids, err := w.encode(batch.Events)
 	if err != nil {
 		_ = batch.Rollback(context.WithoutCancel(ctx))
-		return false, err
+		return 0, err
 	}
 
 	// The batch is sent even if shutdown begins meanwhile, so that what the
 	// destination acknowledges can still be deleted; but only for
 	// ShutdownTimeout after that, so shutdown stays prompt when the
 	// destination is down.
-	sendCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.SendTimeout)
+	sendCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.cfg.SendTimeout)
 	defer cancel()
-	stop := context.AfterFunc(ctx, func() { time.AfterFunc(s.cfg.ShutdownTimeout, cancel) })
+	stop := context.AfterFunc(ctx, func() { time.AfterFunc(w.cfg.ShutdownTimeout, cancel) })
 	defer stop()
 
-	errs := s.sink.Send(sendCtx, msgs)
+	sendStart := time.Now()
+	errs := w.sink.Send(sendCtx, msgs)
+	sent := time.Since(sendStart)
 	acked := ids[:0:0]
 	failures := make(map[outbox.Table]failure)
 	for i, err := range errs {
@@ -151,11 +196,13 @@ func (s *Shipper) shipBatch(ctx context.Context) (full bool, err error) {
 	completeCtx, cancelComplete := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancelComplete()
 	if err := batch.Complete(completeCtx, acked); err != nil {
-		return false, err
+		return 0, err
 	}
 
-	s.noteResults(batch.Events, errs, failures)
-	return len(batch.Events) == s.cfg.BatchSize, nil
+	w.noteResults(batch.Events, errs, failures)
+	w.logger.Debug("batch shipped", slog.Int("events", len(batch.Events)), slog.Int("acknowledged", len(acked)),
+		slog.Duration("send", sent), slog.Duration("total", time.Since(claimStart)))
+	return len(batch.Events), nil
 }
 
 type failure struct {
@@ -163,7 +210,7 @@ type failure struct {
 	events int
 }
 
-func (s *Shipper) encode(events []outbox.Event) ([]Message, []int64, error) {
+func (w *worker) encode(events []outbox.Event) ([]Message, []int64, error) {
 	size := 0
 	for i := range events {
 		size += len(events[i].Data) + 160
@@ -179,7 +226,7 @@ func (s *Shipper) encode(events []outbox.Event) ([]Message, []int64, error) {
 			return nil, nil, err
 		}
 		msgs[i] = Message{
-			Topic:     s.topic(e.Table()),
+			Topic:     w.topic(e.Table()),
 			Value:     arena[start:len(arena):len(arena)],
 			Timestamp: e.CreatedAt,
 		}
@@ -191,38 +238,38 @@ func (s *Shipper) encode(events []outbox.Event) ([]Message, []int64, error) {
 	return msgs, ids, nil
 }
 
-func (s *Shipper) topic(t outbox.Table) string {
-	topic, ok := s.topics[t]
+func (w *worker) topic(t outbox.Table) string {
+	topic, ok := w.topics[t]
 	if !ok {
-		topic = TopicName(s.cfg.TopicNamespace, s.cfg.Database, t)
-		s.topics[t] = topic
+		topic = TopicName(w.cfg.TopicNamespace, w.cfg.Database, t)
+		w.topics[t] = topic
 	}
 	return topic
 }
 
 // noteResults pauses the tables whose events failed and resumes those whose
 // events went through.
-func (s *Shipper) noteResults(events []outbox.Event, errs []error, failures map[outbox.Table]failure) {
+func (w *worker) noteResults(events []outbox.Event, errs []error, failures map[outbox.Table]failure) {
 	for i := range events {
 		if errs[i] != nil {
 			continue
 		}
 		t := events[i].Table()
-		if _, ok := s.paused[t]; ok && failures[t].err == nil {
-			delete(s.paused, t)
-			s.logger.Info("table's events are flowing again", slog.String("table", t.Schema+"."+t.Name))
+		if _, ok := w.paused[t]; ok && failures[t].err == nil {
+			delete(w.paused, t)
+			w.logger.Info("table's events are flowing again", slog.String("table", t.Schema+"."+t.Name))
 		}
 	}
 	for t, f := range failures {
-		r := s.paused[t]
+		r := w.paused[t]
 		if r == nil {
 			r = &retryState{}
-			s.paused[t] = r
+			w.paused[t] = r
 		}
 		delay := r.fail()
-		s.logger.Error("events not shipped; they stay queued and will be retried",
+		w.logger.Error("events not shipped; they stay queued and will be retried",
 			slog.String("table", t.Schema+"."+t.Name),
-			slog.String("topic", s.topic(t)),
+			slog.String("topic", w.topic(t)),
 			slog.Int("events", f.events),
 			slog.Duration("retry_in", delay),
 			slog.Any("error", f.err))
@@ -230,10 +277,10 @@ func (s *Shipper) noteResults(events []outbox.Event, errs []error, failures map[
 }
 
 // pausedTables returns the tables still waiting for their retry time.
-func (s *Shipper) pausedTables() []outbox.Table {
+func (w *worker) pausedTables() []outbox.Table {
 	var tables []outbox.Table
 	now := time.Now()
-	for t, r := range s.paused {
+	for t, r := range w.paused {
 		if now.Before(r.retryAt) {
 			tables = append(tables, t)
 		}

@@ -3,6 +3,7 @@ package shipper
 import (
 	"context"
 	"io"
+	"sync"
 )
 
 // WriterSink writes each message as one JSON line to a writer, for
@@ -12,6 +13,7 @@ import (
 //
 // A message counts as delivered once its line is written.
 type WriterSink struct {
+	mu  sync.Mutex // workers send concurrently; lines must not interleave
 	w   io.Writer
 	buf []byte
 }
@@ -26,6 +28,8 @@ func (s *WriterSink) Send(ctx context.Context, msgs []Message) []error {
 		fill(errs, err)
 		return errs
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	b := s.buf[:0]
 	for i := range msgs {
 		m := &msgs[i]

@@ -1,0 +1,252 @@
+package outbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Lanes is how many lanes the queue is divided into, by a hash of each
+// event's external ID. All events of an external ID share a lane, and a lane
+// is owned by one Claimer at a time, so the events of an external ID are
+// shipped by one claimer, in order, even with several shippers sharing the
+// queue; distinct lanes are shipped in parallel.
+const Lanes = 64
+
+// Advisory lock keys, in Postgres' two-int4 form so that they cannot collide
+// with an application's single-bigint advisory locks. A claimer holds
+// (memberLockKey, its backend pid) for as long as it is connected, which is
+// how the others count it, and (laneLockKey, lane) for each lane it owns.
+// Both are session locks: they vanish with the connection, so the lanes of a
+// shipper that dies are free at once for the others.
+const (
+	memberLockKey int32 = 0x70676b00 // "pgk\0"
+	laneLockKey   int32 = 0x70676b01
+)
+
+// Queue is pg2kafka.outbound_event_queue, seen by the shipper.
+type Queue struct {
+	pool *pgxpool.Pool
+}
+
+// NewQueue returns the queue of the database pool is connected to.
+func NewQueue(pool *pgxpool.Pool) *Queue { return &Queue{pool: pool} }
+
+// Claimer claims events from the lanes it owns, over a connection of its
+// own. Owning lanes and claiming their events on one connection ties the two
+// together: if the connection dies, the open claim is rolled back and the
+// lanes are released in the same instant, so a lane's next owner can never
+// overtake a batch still in flight. A Claimer is used by one goroutine.
+type Claimer struct {
+	connConfig *pgx.ConnConfig
+	logger     *slog.Logger
+	conn       *pgx.Conn
+	lanes      []int32 // owned, ascending
+}
+
+// NewClaimer returns a claimer for q; it connects on first use.
+func (q *Queue) NewClaimer(logger *slog.Logger) *Claimer {
+	return &Claimer{connConfig: q.pool.Config().ConnConfig, logger: logger}
+}
+
+// Lanes returns the lanes the claimer owns.
+func (c *Claimer) Lanes() []int32 { return slices.Clone(c.lanes) }
+
+// Close releases the claimer's lanes by closing its connection.
+func (c *Claimer) Close(ctx context.Context) {
+	if c.conn != nil {
+		_ = c.conn.Close(ctx)
+		c.conn, c.lanes = nil, nil
+	}
+}
+
+func (c *Claimer) connect(ctx context.Context) error {
+	if c.conn != nil && !c.conn.IsClosed() {
+		return nil
+	}
+	if c.conn != nil && len(c.lanes) > 0 {
+		c.logger.Warn("lost the connection that owned lanes; they are free for other shippers", slog.Any("lanes", c.lanes))
+	}
+	c.conn, c.lanes = nil, nil
+	conn, err := pgx.ConnectConfig(ctx, c.connConfig.Copy())
+	if err != nil {
+		return fmt.Errorf("outbox: connect: %w", err)
+	}
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1, pg_backend_pid())`, memberLockKey); err != nil {
+		_ = conn.Close(ctx)
+		return fmt.Errorf("outbox: join the shippers: %w", err)
+	}
+	c.conn = conn
+	return nil
+}
+
+// lockCensusSQL counts the live claimers of this database and lists the
+// lanes owned by any of them.
+const lockCensusSQL = `
+SELECT count(*) FILTER (WHERE classid = $1::bigint::oid),
+       coalesce(array_agg(objid::bigint::int4) FILTER (WHERE classid = $2::bigint::oid), '{}')
+FROM pg_locks
+WHERE locktype = 'advisory' AND objsubid = 2 AND granted
+  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`
+
+// Rebalance moves the claimer towards its fair share of the lanes:
+// ceil(Lanes / live claimers). Over its share, it releases lanes, which is
+// safe here because no claim is open between batches; under it, it takes
+// free lanes. Claimers that rebalance now and then converge on an even split
+// and take over a departed claimer's lanes within one round.
+func (c *Claimer) Rebalance(ctx context.Context) error {
+	if err := c.connect(ctx); err != nil {
+		return err
+	}
+	var members int
+	var taken []int32
+	if err := c.conn.QueryRow(ctx, lockCensusSQL, memberLockKey, laneLockKey).Scan(&members, &taken); err != nil {
+		return fmt.Errorf("outbox: count shippers: %w", err)
+	}
+	fair := (Lanes + max(members, 1) - 1) / max(members, 1)
+	switch {
+	case len(c.lanes) > fair:
+		extra := c.lanes[fair:]
+		if _, err := c.conn.Exec(ctx, `SELECT pg_advisory_unlock($1, lane) FROM unnest($2::int4[]) AS lane`, laneLockKey, extra); err != nil {
+			return fmt.Errorf("outbox: release lanes: %w", err)
+		}
+		c.logger.Debug("released lanes", slog.Any("lanes", extra), slog.Int("shippers", members))
+		c.lanes = c.lanes[:fair]
+	case len(c.lanes) < fair:
+		var free []int32
+		for lane := range int32(Lanes) {
+			if !slices.Contains(taken, lane) {
+				free = append(free, lane)
+			}
+		}
+		free = free[:min(len(free), fair-len(c.lanes))]
+		if len(free) == 0 {
+			return nil
+		}
+		// Another claimer may take some of these first; those are skipped,
+		// and the next round looks again.
+		rows, err := c.conn.Query(ctx, `SELECT lane FROM unnest($2::int4[]) AS lane WHERE pg_try_advisory_lock($1, lane)`, laneLockKey, free)
+		if err != nil {
+			return fmt.Errorf("outbox: take lanes: %w", err)
+		}
+		got, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+		if err != nil {
+			return fmt.Errorf("outbox: take lanes: %w", err)
+		}
+		c.logger.Debug("took lanes", slog.Any("lanes", got), slog.Int("shippers", members))
+		c.lanes = append(c.lanes, got...)
+		slices.Sort(c.lanes)
+	}
+	return nil
+}
+
+// claimSQL claims the oldest events of the given lanes (all lanes when $2 is
+// null) outside the tables in $3/$4, deleting them in the claim itself: the
+// delete is undone by a rollback if the destination does not acknowledge
+// them, and committed if it does, so each event is written once more to be
+// shipped, not twice (lock, then delete). SKIP LOCKED keeps a claim from
+// waiting on rows another session has locked.
+const claimSQL = `
+WITH claimed AS (
+    SELECT id FROM pg2kafka.outbound_event_queue
+    WHERE ($2::int4[] IS NULL OR (hashtext(coalesce(external_id, '')) & 63) = ANY($2::int4[]))
+      AND ($3::text[] IS NULL OR (table_schema, table_name) NOT IN (SELECT * FROM unnest($3::text[], $4::text[])))
+    ORDER BY id
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM pg2kafka.outbound_event_queue AS q
+USING claimed
+WHERE q.id = claimed.id
+RETURNING q.id, q.uuid, q.external_id, q.table_schema, q.table_name, q.statement, q.data, q.created_at`
+
+const deleteSQL = `DELETE FROM pg2kafka.outbound_event_queue WHERE id = ANY($1)`
+
+// Batch is a claimed set of events, in id order. Until Complete or Rollback,
+// one of which must be called, its rows are deleted but not committed:
+// invisible to other claims, and back in the queue if the claimer dies.
+type Batch struct {
+	Events []Event
+	tx     pgx.Tx
+	conn   *pgx.Conn
+}
+
+// Claim takes up to limit of the oldest events of the claimer's lanes,
+// skipping the tables in except. A claimer without lanes, or an empty queue,
+// yields a batch with no events.
+func (c *Claimer) Claim(ctx context.Context, limit int, except []Table) (*Batch, error) {
+	if err := c.connect(ctx); err != nil {
+		return nil, err
+	}
+	if len(c.lanes) == 0 {
+		return &Batch{}, nil
+	}
+	var lanes []int32 // nil: every lane, which needs no filter
+	if len(c.lanes) < Lanes {
+		lanes = c.lanes
+	}
+	var schemas, names []string
+	for _, t := range except {
+		schemas, names = append(schemas, t.Schema), append(names, t.Name)
+	}
+	tx, err := c.conn.Begin(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("outbox: claim: %w", err)
+	}
+	rows, err := tx.Query(ctx, claimSQL, limit, lanes, schemas, names)
+	var events []Event
+	if err == nil {
+		events, err = pgx.CollectRows(rows, pgx.RowToStructByName[Event])
+	}
+	if err != nil {
+		_ = tx.Rollback(context.WithoutCancel(ctx))
+		return nil, fmt.Errorf("outbox: claim: %w", err)
+	}
+	// RETURNING promises no order.
+	slices.SortFunc(events, func(a, b Event) int { return int(a.ID - b.ID) })
+	return &Batch{Events: events, tx: tx, conn: c.conn}, nil
+}
+
+// Complete settles the batch once its destination has answered:
+// acknowledged holds the ids of the events it acknowledged, which are
+// deleted for good; the others go back to the queue.
+func (b *Batch) Complete(ctx context.Context, acknowledged []int64) error {
+	if b.tx == nil {
+		return nil
+	}
+	switch len(acknowledged) {
+	case len(b.Events):
+		if err := b.tx.Commit(ctx); err != nil {
+			return fmt.Errorf("outbox: commit acknowledged events: %w", err)
+		}
+		return nil
+	case 0:
+		return b.Rollback(ctx)
+	}
+	// Some failed. The claim deleted them all; undo it and delete only the
+	// acknowledged ones. The lanes are still this claimer's, so no other
+	// claim can take the released events in between.
+	if err := b.Rollback(ctx); err != nil {
+		return err
+	}
+	if _, err := b.conn.Exec(ctx, deleteSQL, acknowledged); err != nil {
+		return fmt.Errorf("outbox: delete acknowledged events: %w", err)
+	}
+	return nil
+}
+
+// Rollback returns every event of the batch to the queue.
+func (b *Batch) Rollback(ctx context.Context) error {
+	if b.tx == nil {
+		return nil
+	}
+	if err := b.tx.Rollback(ctx); err != nil && !errors.Is(err, pgx.ErrTxClosed) {
+		return fmt.Errorf("outbox: release batch: %w", err)
+	}
+	return nil
+}

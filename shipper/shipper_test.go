@@ -27,7 +27,9 @@ type change struct {
 
 // expect pairs the queued events, in id order, with the changes the test
 // says they are, and returns the exact records a consumer must see, grouped
-// by partition in the order the partition must hold them.
+// by topic, partition and key, each group in the order the partition must
+// hold it. Order is promised per key: different keys of a partition may
+// interleave in any way.
 func (b *bundle) expect(partitions int, changes ...change) map[string][]consumed {
 	b.t.Helper()
 	events := b.queuedEvents()
@@ -45,16 +47,16 @@ func (b *bundle) expect(partitions int, changes ...change) map[string][]consumed
 		}
 		value := fmt.Sprintf(`{"uuid":%q,"external_id":%s,"statement":%q,"data":%s,"created_at":%q}`,
 			e.UUID, externalID, c.statement, c.data, e.CreatedAt.UTC().Format(time.RFC3339Nano))
-		k := partitionKey(c.topic, partition)
+		k := groupKey(c.topic, partition, c.key)
 		// Kafka keeps record timestamps in milliseconds.
 		want[k] = append(want[k], consumed{Topic: c.topic, Partition: partition, Offset: int64(len(want[k])), Key: c.key, Value: value, Timestamp: e.CreatedAt.Truncate(time.Millisecond)})
 	}
 	return want
 }
 
-// byPartition groups records as expect does. Records with a null key are
-// grouped under partition -1, in the order they were consumed.
-func byPartition(records []consumed) map[string][]consumed {
+// byKey groups records as expect does. Records with a null key are grouped
+// under partition -1, in the order they were consumed.
+func byKey(records []consumed) map[string][]consumed {
 	slices.SortFunc(records, func(a, b consumed) int {
 		if c := strings.Compare(a.Topic, b.Topic); c != 0 {
 			return c
@@ -70,15 +72,18 @@ func byPartition(records []consumed) map[string][]consumed {
 		if r.Key == nil {
 			r.Partition = -1
 		}
-		k := partitionKey(r.Topic, r.Partition)
+		k := groupKey(r.Topic, r.Partition, r.Key)
 		r.Offset = int64(len(got[k]))
 		got[k] = append(got[k], r)
 	}
 	return got
 }
 
-func partitionKey(topic string, partition int32) string {
-	return fmt.Sprintf("%s/%d", topic, partition)
+func groupKey(topic string, partition int32, key *string) string {
+	if key == nil {
+		return fmt.Sprintf("%s/%d/null", topic, partition)
+	}
+	return fmt.Sprintf("%s/%d/%q", topic, partition, *key)
 }
 
 func assertRecords(t *testing.T, got []consumed, want map[string][]consumed) {
@@ -88,7 +93,7 @@ func assertRecords(t *testing.T, got []consumed, want map[string][]consumed) {
 			want[k][i].Timestamp = want[k][i].Timestamp.UTC()
 		}
 	}
-	if g := byPartition(got); !reflect.DeepEqual(g, want) {
+	if g := byKey(got); !reflect.DeepEqual(g, want) {
 		t.Errorf("records differ\n got: %+v\nwant: %+v", g, want)
 	}
 }

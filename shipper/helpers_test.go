@@ -84,32 +84,38 @@ func (b *bundle) createTopics(topics ...string) {
 	}
 }
 
-// start runs a shipper to the bundle's Kafka until the test ends.
-func (b *bundle) start(cfg shipper.Config, kcfg shipper.KafkaConfig, opts ...kgo.Opt) {
+// start runs a shipper to the bundle's Kafka until the test ends or the
+// returned function stops it.
+func (b *bundle) start(cfg shipper.Config, kcfg shipper.KafkaConfig, opts ...kgo.Opt) (stop func()) {
 	b.t.Helper()
 	sink, err := shipper.NewKafkaSink(kcfg, append([]kgo.Opt{kgo.SeedBrokers(b.cluster.ListenAddrs()...)}, opts...)...)
 	if err != nil {
 		b.t.Fatal(err)
 	}
-	b.startWith(cfg, sink)
+	return b.startWith(cfg, sink)
 }
 
-func (b *bundle) startWith(cfg shipper.Config, sink shipper.Sink) {
+func (b *bundle) startWith(cfg shipper.Config, sink shipper.Sink) (stop func()) {
 	cfg.Database = b.database
 	if cfg.PollInterval == 0 {
 		cfg.PollInterval = 10 * time.Millisecond
+	}
+	if cfg.RebalanceInterval == 0 {
+		cfg.RebalanceInterval = 20 * time.Millisecond
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(b.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- shipper.New(cfg, outbox.NewQueue(b.pool), sink).Run(ctx) }()
-	b.t.Cleanup(func() {
+	stop = sync.OnceFunc(func() {
 		cancel()
 		if err := <-done; err != nil {
 			b.t.Errorf("shipper: %v", err)
 		}
 		sink.Close()
 	})
+	b.t.Cleanup(stop)
+	return stop
 }
 
 func (b *bundle) topic(table string) string { return "pg2kafka." + b.database + "." + table }

@@ -214,10 +214,15 @@ func (c *Claimer) Claim(ctx context.Context, limit int, except []Table) (*Batch,
 
 // Complete settles the batch once its destination has answered:
 // acknowledged holds the ids of the events it acknowledged, which are
-// deleted for good; the others go back to the queue.
-func (b *Batch) Complete(ctx context.Context, acknowledged []int64) error {
+// deleted for good; deadLetters the events it refused for good, which move
+// to the dead-letter table in the same transaction; the others go back to
+// the queue.
+func (b *Batch) Complete(ctx context.Context, acknowledged []int64, deadLetters ...DeadLetter) error {
 	if b.tx == nil {
 		return nil
+	}
+	if len(deadLetters) > 0 {
+		return b.completeWithDeadLetters(ctx, acknowledged, deadLetters)
 	}
 	switch len(acknowledged) {
 	case len(b.Events):

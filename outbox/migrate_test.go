@@ -50,12 +50,18 @@ func (l *migrationLog) logger() *slog.Logger {
 	}))
 }
 
-const appliedV1 = "level=INFO msg=\"applied migration\" version=1 file=00001_outbox.sql\n"
+// appliedAll is what Migrate logs when it installs pg2kafka from scratch.
+const appliedAll = "level=INFO msg=\"applied migration\" version=1 file=00001_outbox.sql\n" +
+	"level=INFO msg=\"applied migration\" version=3 file=00003_dead_letter.sql\n"
 
 type gooseVersion struct {
 	VersionID int64 `db:"version_id"`
 	IsApplied bool  `db:"is_applied"`
 }
+
+// allVersions is what Goose's version table holds once every migration is
+// applied.
+var allVersions = []gooseVersion{{0, true}, {1, true}, {3, true}}
 
 // requireVersions fails the test unless Goose's version table holds want.
 func requireVersions(t *testing.T, ctx context.Context, pool *pgxpool.Pool, want ...gooseVersion) {
@@ -96,9 +102,12 @@ func schemaObjects(t *testing.T, ctx context.Context, pool *pgxpool.Pool) []stri
 var latestObjects = []string{
 	"S outbound_event_queue_id_seq",
 	"function pg2kafka.enqueue_event()",
+	"function pg2kafka.requeue_dead_letters(bigint[])",
 	"function pg2kafka.setup(regclass,text)",
+	"i dead_letter_events_pkey",
 	"i outbound_event_queue_pkey",
 	"i tracked_tables_pkey",
+	"r dead_letter_events",
 	"r outbound_event_queue",
 	"r tracked_tables",
 }
@@ -116,8 +125,8 @@ func TestMigrateTwiceIsNoOp(t *testing.T) {
 		t.Fatalf("second Migrate: %v", err)
 	}
 
-	if got := first.String(); got != appliedV1 {
-		t.Errorf("first Migrate logged %q, want %q", got, appliedV1)
+	if got := first.String(); got != appliedAll {
+		t.Errorf("first Migrate logged %q, want %q", got, appliedAll)
 	}
 	if got := second.String(); got != "" {
 		t.Errorf("second Migrate logged %q, want nothing", got)
@@ -125,7 +134,7 @@ func TestMigrateTwiceIsNoOp(t *testing.T) {
 	if outbox.VersionTable != "pg2kafka.goose_db_version" {
 		t.Errorf("VersionTable = %q", outbox.VersionTable)
 	}
-	requireVersions(t, ctx, pool, gooseVersion{0, true}, gooseVersion{1, true})
+	requireVersions(t, ctx, pool, allVersions...)
 	if got := schemaObjects(t, ctx, pool); !reflect.DeepEqual(got, latestObjects) {
 		t.Errorf("schema pg2kafka:\n got %q\nwant %q", got, latestObjects)
 	}
@@ -177,10 +186,10 @@ func TestMigrateConcurrently(t *testing.T) {
 			t.Errorf("Migrate %d: %v", i, err)
 		}
 	}
-	if got := log.String(); got != appliedV1 {
-		t.Errorf("Migrate calls logged %q, want the migration applied once: %q", got, appliedV1)
+	if got := log.String(); got != appliedAll {
+		t.Errorf("Migrate calls logged %q, want each migration applied once: %q", got, appliedAll)
 	}
-	requireVersions(t, ctx, pools[0], gooseVersion{0, true}, gooseVersion{1, true})
+	requireVersions(t, ctx, pools[0], allVersions...)
 	if got := schemaObjects(t, ctx, pools[0]); !reflect.DeepEqual(got, latestObjects) {
 		t.Errorf("schema pg2kafka:\n got %q\nwant %q", got, latestObjects)
 	}
@@ -229,8 +238,8 @@ func TestMigrateDownToZeroAndUpAgain(t *testing.T) {
 	if err := outbox.Migrate(b.ctx, b.pool, log.logger()); err != nil {
 		t.Fatalf("Migrate after MigrateDownTo(0): %v", err)
 	}
-	if got := log.String(); got != appliedV1 {
-		t.Errorf("Migrate logged %q, want %q", got, appliedV1)
+	if got := log.String(); got != appliedAll {
+		t.Errorf("Migrate logged %q, want %q", got, appliedAll)
 	}
 	b.exec(t, `SELECT pg2kafka.setup('products', 'sku')`,
 		`INSERT INTO products VALUES (3, 'C3')`)

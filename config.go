@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -28,11 +29,34 @@ type Config struct {
 	Workers                     int
 	KafkaCompression            string
 	KafkaLinger                 time.Duration
-	PollInterval                time.Duration
-	SendTimeout                 time.Duration
-	ShutdownTimeout             time.Duration
-	LogLevel                    slog.Level
-	LogFormat                   string
+	// KafkaTLS dials the brokers with TLS. Default false; KAFKA_TLS=true, a
+	// kafka+ssl:// or kafka+tls:// KAFKA_PRODUCER_URL, or any KAFKA_TLS_*
+	// file or name turns it on.
+	KafkaTLS bool
+	// KafkaTLSCAFile is a PEM bundle of the CAs trusted to sign the brokers'
+	// certificates, instead of the system's. Default: the system's roots.
+	KafkaTLSCAFile string
+	// KafkaTLSCertFile and KafkaTLSKeyFile are the PEM client certificate
+	// and its key, for brokers that require one. Default: none.
+	KafkaTLSCertFile string
+	KafkaTLSKeyFile  string
+	// KafkaTLSServerName is the name expected in the brokers' certificates.
+	// Default: each broker's host as KAFKA_PRODUCER_URL names it.
+	KafkaTLSServerName string
+	// KafkaSASLMechanism is PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, with
+	// KafkaSASLUsername and KafkaSASLPassword. Default "": no SASL.
+	KafkaSASLMechanism string
+	KafkaSASLUsername  string
+	KafkaSASLPassword  string
+	PollInterval       time.Duration
+	SendTimeout        time.Duration
+	ShutdownTimeout    time.Duration
+	LogLevel           slog.Level
+	LogFormat          string
+
+	// brokersTLS records that KAFKA_PRODUCER_URL's scheme asks for TLS, until
+	// parseConfig folds it into KafkaTLS.
+	brokersTLS bool
 }
 
 // setting is one configuration value: the environment variables it is read
@@ -55,7 +79,7 @@ func settings() []setting {
 			help:  "Postgres connection URL (postgres://user:pass@host:5432/db?sslmode=…); the database name names the topics. Required.",
 			parse: parseDatabaseURL},
 		{env: []string{"KAFKA_PRODUCER_URL", "KAFKA_BROKER"}, flag: "kafka-producer-url",
-			help:  "Kafka brokers: kafka://host:port[,host:port…] or host:port[,host:port…]. Required unless DRY_RUN=true.",
+			help:  "Kafka brokers: kafka://host:port[,host:port…], kafka+ssl://… for TLS, or host:port[,host:port…]. Required unless DRY_RUN=true.",
 			parse: parseBrokers},
 		{env: []string{"TOPIC_NAMESPACE"}, flag: "topic-namespace",
 			help:  "Inserted into every topic name: pg2kafka.<namespace>.<db>.<table>. Default: none.",
@@ -128,6 +152,30 @@ func settings() []setting {
 				c.KafkaLinger = d
 				return nil
 			}},
+		{env: []string{"KAFKA_TLS"}, boolean: true, flag: "kafka-tls", def: "false",
+			help:  "Connect to the brokers with TLS, trusting the system's CAs. Any KAFKA_TLS_* setting, or a kafka+ssl:// KAFKA_PRODUCER_URL, turns it on too.",
+			parse: boolInto(func(c *Config) *bool { return &c.KafkaTLS })},
+		{env: []string{"KAFKA_TLS_CA_FILE"}, flag: "kafka-tls-ca-file",
+			help:  "PEM file of the CAs that sign the brokers' certificates, trusted instead of the system's. Default: none.",
+			parse: func(c *Config, v string) error { c.KafkaTLSCAFile = v; return nil }},
+		{env: []string{"KAFKA_TLS_CERT_FILE"}, flag: "kafka-tls-cert-file",
+			help:  "PEM client certificate, for brokers that require one; needs KAFKA_TLS_KEY_FILE. Default: none.",
+			parse: func(c *Config, v string) error { c.KafkaTLSCertFile = v; return nil }},
+		{env: []string{"KAFKA_TLS_KEY_FILE"}, flag: "kafka-tls-key-file",
+			help:  "PEM private key of KAFKA_TLS_CERT_FILE. Default: none.",
+			parse: func(c *Config, v string) error { c.KafkaTLSKeyFile = v; return nil }},
+		{env: []string{"KAFKA_TLS_SERVER_NAME"}, flag: "kafka-tls-server-name",
+			help:  "Name the brokers' certificates must carry. Default: each broker's host as KAFKA_PRODUCER_URL names it.",
+			parse: func(c *Config, v string) error { c.KafkaTLSServerName = v; return nil }},
+		{env: []string{"KAFKA_SASL_MECHANISM"}, flag: "kafka-sasl-mechanism",
+			help:  "SASL authentication: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, with KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD. Default: none.",
+			parse: parseSASLMechanism},
+		{env: []string{"KAFKA_SASL_USERNAME"}, flag: "kafka-sasl-username",
+			help:  "SASL user name. Default: none.",
+			parse: func(c *Config, v string) error { c.KafkaSASLUsername = v; return nil }},
+		{env: []string{"KAFKA_SASL_PASSWORD"}, flag: "kafka-sasl-password", secret: true,
+			help:  "SASL password; never shown in errors or logs. Prefer the variable to the flag, which other users can see in ps. Default: none.",
+			parse: func(c *Config, v string) error { c.KafkaSASLPassword = v; return nil }},
 		{env: []string{"POLL_INTERVAL"}, flag: "poll-interval", def: "50ms",
 			help:  "How long a worker waits before looking for events again after finding none; after any event it looks again at once.",
 			parse: durationInto(func(c *Config) *time.Duration { return &c.PollInterval })},
@@ -240,7 +288,68 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (Co
 	if !given["kafka-producer-url"] && !cfg.DryRun {
 		return cfg, &configError{"KAFKA_PRODUCER_URL is not set: give the Kafka brokers, e.g. KAFKA_PRODUCER_URL=kafka://localhost:9092, or set DRY_RUN=true to print events instead"}
 	}
+	if err := checkKafkaSecurity(&cfg, given["kafka-tls"]); err != nil {
+		return cfg, err
+	}
 	return cfg, nil
+}
+
+// saslMechanisms are the values KAFKA_SASL_MECHANISM allows.
+var saslMechanisms = []string{"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"}
+
+func parseSASLMechanism(c *Config, v string) error {
+	m := strings.ToUpper(v)
+	if !slices.Contains(saslMechanisms, m) {
+		return errors.New("must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+	}
+	c.KafkaSASLMechanism = m
+	return nil
+}
+
+// checkKafkaSecurity checks that the TLS and SASL settings make sense
+// together, and turns TLS on when a setting implies it. Whether the files can
+// be read is checked when they are loaded, by kafkaSecurityOpts.
+func checkKafkaSecurity(cfg *Config, tlsGiven bool) error {
+	var implied string // the first setting that asks for TLS
+	switch {
+	case cfg.brokersTLS:
+		implied = "KAFKA_PRODUCER_URL's TLS scheme"
+	case cfg.KafkaTLSCAFile != "":
+		implied = "KAFKA_TLS_CA_FILE"
+	case cfg.KafkaTLSCertFile != "":
+		implied = "KAFKA_TLS_CERT_FILE"
+	case cfg.KafkaTLSKeyFile != "":
+		implied = "KAFKA_TLS_KEY_FILE"
+	case cfg.KafkaTLSServerName != "":
+		implied = "KAFKA_TLS_SERVER_NAME"
+	}
+	cfg.brokersTLS = false
+	if implied != "" {
+		if tlsGiven && !cfg.KafkaTLS {
+			return &configError{"KAFKA_TLS=false contradicts " + implied + ", which needs TLS: unset KAFKA_TLS or set it to true"}
+		}
+		cfg.KafkaTLS = true
+	}
+	switch {
+	case cfg.KafkaTLSCertFile != "" && cfg.KafkaTLSKeyFile == "":
+		return &configError{"KAFKA_TLS_CERT_FILE is set but KAFKA_TLS_KEY_FILE is not: a client certificate needs its private key; set both or neither"}
+	case cfg.KafkaTLSKeyFile != "" && cfg.KafkaTLSCertFile == "":
+		return &configError{"KAFKA_TLS_KEY_FILE is set but KAFKA_TLS_CERT_FILE is not: a private key needs its client certificate; set both or neither"}
+	}
+
+	credentials := []struct{ name, value string }{
+		{"KAFKA_SASL_USERNAME", cfg.KafkaSASLUsername},
+		{"KAFKA_SASL_PASSWORD", cfg.KafkaSASLPassword},
+	}
+	for _, s := range credentials {
+		switch {
+		case cfg.KafkaSASLMechanism == "" && s.value != "":
+			return &configError{s.name + " is set but KAFKA_SASL_MECHANISM is not: set it to PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"}
+		case cfg.KafkaSASLMechanism != "" && s.value == "":
+			return &configError{s.name + " is not set: KAFKA_SASL_MECHANISM=" + cfg.KafkaSASLMechanism + " needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"}
+		}
+	}
+	return nil
 }
 
 // describe names a setting and its value for an error message. The value of
@@ -303,10 +412,15 @@ func parseDatabaseURL(c *Config, v string) error {
 }
 
 func parseBrokers(c *Config, v string) error {
-	const allowed = "want kafka://host:port[,host:port…] or host:port[,host:port…]"
+	const allowed = "want kafka://host:port[,host:port…] (kafka+ssl:// for TLS) or host:port[,host:port…]"
 	list := v
+	c.brokersTLS = false
 	if scheme, rest, ok := strings.Cut(v, "://"); ok {
-		if scheme != "kafka" {
+		switch scheme {
+		case "kafka":
+		case "kafka+ssl", "kafka+tls":
+			c.brokersTLS = true
+		default:
 			return fmt.Errorf("unknown scheme %q; %s", scheme, allowed)
 		}
 		list = rest

@@ -20,7 +20,7 @@ func configEnv(vars map[string]string) func(string) string {
 
 const (
 	testDatabaseURL = "postgres://u@localhost:5432/shop"
-	brokersAllowed  = "want kafka://host:port[,host:port…] or host:port[,host:port…]"
+	brokersAllowed  = "want kafka://host:port[,host:port…] (kafka+ssl:// for TLS) or host:port[,host:port…]"
 	durationAllowed = "must be a positive duration such as 250ms, 5s or 1m"
 	countAllowed    = "must be a positive whole number, or -1 for the broker's default"
 )
@@ -100,6 +100,14 @@ func TestParseConfig(t *testing.T) {
 			"WORKERS":                        "8",
 			"KAFKA_COMPRESSION":              "zstd",
 			"KAFKA_LINGER":                   "5ms",
+			"KAFKA_TLS":                      "true",
+			"KAFKA_TLS_CA_FILE":              "ca.pem",
+			"KAFKA_TLS_CERT_FILE":            "cert.pem",
+			"KAFKA_TLS_KEY_FILE":             "key.pem",
+			"KAFKA_TLS_SERVER_NAME":          "kafka.internal",
+			"KAFKA_SASL_MECHANISM":           "SCRAM-SHA-512",
+			"KAFKA_SASL_USERNAME":            "shipper",
+			"KAFKA_SASL_PASSWORD":            "s3cret",
 			"POLL_INTERVAL":                  "250ms",
 			"SEND_TIMEOUT":                   "1m",
 			"SHUTDOWN_TIMEOUT":               "2s",
@@ -118,6 +126,14 @@ func TestParseConfig(t *testing.T) {
 				Workers:                     8,
 				KafkaCompression:            "zstd",
 				KafkaLinger:                 5 * time.Millisecond,
+				KafkaTLS:                    true,
+				KafkaTLSCAFile:              "ca.pem",
+				KafkaTLSCertFile:            "cert.pem",
+				KafkaTLSKeyFile:             "key.pem",
+				KafkaTLSServerName:          "kafka.internal",
+				KafkaSASLMechanism:          "SCRAM-SHA-512",
+				KafkaSASLUsername:           "shipper",
+				KafkaSASLPassword:           "s3cret",
 				PollInterval:                250 * time.Millisecond,
 				SendTimeout:                 time.Minute,
 				ShutdownTimeout:             2 * time.Second,
@@ -133,6 +149,50 @@ func TestParseConfig(t *testing.T) {
 				c.LogLevel = slog.LevelWarn
 				c.KafkaBrokers = []string{"f:1"}
 				c.DatabaseURL = "postgres://f@h/other"
+			}},
+		{"KAFKA_TLS", with(map[string]string{"KAFKA_TLS": "true"}), nil,
+			func(c *Config) { c.KafkaTLS = true }},
+		{"kafka+ssl:// turns TLS on", with(map[string]string{"KAFKA_PRODUCER_URL": "kafka+ssl://a:1,b:2"}), nil,
+			func(c *Config) { c.KafkaBrokers = []string{"a:1", "b:2"}; c.KafkaTLS = true }},
+		{"kafka+tls:// turns TLS on", with(map[string]string{"KAFKA_PRODUCER_URL": "kafka+tls://a:1"}), nil,
+			func(c *Config) { c.KafkaBrokers = []string{"a:1"}; c.KafkaTLS = true }},
+		{"kafka+ssl:// with KAFKA_TLS=true", with(map[string]string{"KAFKA_PRODUCER_URL": "kafka+ssl://a:1", "KAFKA_TLS": "true"}), nil,
+			func(c *Config) { c.KafkaBrokers = []string{"a:1"}; c.KafkaTLS = true }},
+		{"a kafka:// flag overrides a kafka+ssl:// variable, TLS with it",
+			with(map[string]string{"KAFKA_PRODUCER_URL": "kafka+ssl://a:1"}), []string{"-kafka-producer-url=kafka://b:2"},
+			func(c *Config) { c.KafkaBrokers = []string{"b:2"} }},
+		{"a CA file turns TLS on", with(map[string]string{"KAFKA_TLS_CA_FILE": "/etc/kafka/ca.pem"}), nil,
+			func(c *Config) { c.KafkaTLS = true; c.KafkaTLSCAFile = "/etc/kafka/ca.pem" }},
+		{"a client certificate turns TLS on",
+			with(map[string]string{"KAFKA_TLS_CERT_FILE": "client.pem", "KAFKA_TLS_KEY_FILE": "client-key.pem"}), nil,
+			func(c *Config) {
+				c.KafkaTLS = true
+				c.KafkaTLSCertFile = "client.pem"
+				c.KafkaTLSKeyFile = "client-key.pem"
+			}},
+		{"a server name turns TLS on", with(map[string]string{"KAFKA_TLS_SERVER_NAME": "kafka.internal"}), nil,
+			func(c *Config) { c.KafkaTLS = true; c.KafkaTLSServerName = "kafka.internal" }},
+		{"SASL mechanism in any case", with(map[string]string{
+			"KAFKA_SASL_MECHANISM": "scram-sha-256", "KAFKA_SASL_USERNAME": "shipper", "KAFKA_SASL_PASSWORD": "s3cret"}), nil,
+			func(c *Config) {
+				c.KafkaSASLMechanism = "SCRAM-SHA-256"
+				c.KafkaSASLUsername = "shipper"
+				c.KafkaSASLPassword = "s3cret"
+			}},
+		{"SASL by flags", with(nil),
+			[]string{"-kafka-sasl-mechanism=PLAIN", "-kafka-sasl-username=shipper", "-kafka-sasl-password=s3cret"},
+			func(c *Config) {
+				c.KafkaSASLMechanism = "PLAIN"
+				c.KafkaSASLUsername = "shipper"
+				c.KafkaSASLPassword = "s3cret"
+			}},
+		{"dry run takes Kafka settings without reading their files",
+			map[string]string{"DATABASE_URL": testDatabaseURL, "DRY_RUN": "true", "KAFKA_TLS_CA_FILE": "/nonexistent"}, nil,
+			func(c *Config) {
+				c.KafkaBrokers = nil
+				c.DryRun = true
+				c.KafkaTLS = true
+				c.KafkaTLSCAFile = "/nonexistent"
 			}},
 		{"flags alone", nil,
 			[]string{"-database-url", testDatabaseURL, "-dry-run=true", "-topic-namespace=ns"},
@@ -191,6 +251,8 @@ func TestParseConfigErrors(t *testing.T) {
 
 		{"unknown scheme", map[string]string{"KAFKA_PRODUCER_URL": "http://a:1"}, nil,
 			`KAFKA_PRODUCER_URL="http://a:1": unknown scheme "http"; ` + brokersAllowed},
+		{"SASL_SSL is not a scheme", map[string]string{"KAFKA_PRODUCER_URL": "SASL_SSL://a:1"}, nil,
+			`KAFKA_PRODUCER_URL="SASL_SSL://a:1": unknown scheme "SASL_SSL"; ` + brokersAllowed},
 		{"broker without port", map[string]string{"KAFKA_PRODUCER_URL": "kafka://a"}, nil,
 			`KAFKA_PRODUCER_URL="kafka://a": broker "a" is not host:port; ` + brokersAllowed},
 		{"broker without host", map[string]string{"KAFKA_PRODUCER_URL": ":9092"}, nil,
@@ -207,6 +269,30 @@ func TestParseConfigErrors(t *testing.T) {
 			`KAFKA_BROKER="a": broker "a" is not host:port; ` + brokersAllowed},
 		{"brokers flag", nil, []string{"-kafka-producer-url=a"},
 			`-kafka-producer-url="a": broker "a" is not host:port; ` + brokersAllowed},
+
+		{"KAFKA_TLS", map[string]string{"KAFKA_TLS": "ssl"}, nil, `KAFKA_TLS="ssl": must be true or false`},
+		{"KAFKA_TLS=false with a CA file", map[string]string{"KAFKA_TLS": "false", "KAFKA_TLS_CA_FILE": "ca.pem"}, nil,
+			"KAFKA_TLS=false contradicts KAFKA_TLS_CA_FILE, which needs TLS: unset KAFKA_TLS or set it to true"},
+		{"KAFKA_TLS=false with kafka+ssl://", map[string]string{"KAFKA_TLS": "false", "KAFKA_PRODUCER_URL": "kafka+ssl://a:1"}, nil,
+			"KAFKA_TLS=false contradicts KAFKA_PRODUCER_URL's TLS scheme, which needs TLS: unset KAFKA_TLS or set it to true"},
+		{"-kafka-tls=false with a server name", map[string]string{"KAFKA_TLS_SERVER_NAME": "kafka.internal"}, []string{"-kafka-tls=false"},
+			"KAFKA_TLS=false contradicts KAFKA_TLS_SERVER_NAME, which needs TLS: unset KAFKA_TLS or set it to true"},
+		{"client certificate without its key", map[string]string{"KAFKA_TLS_CERT_FILE": "client.pem"}, nil,
+			"KAFKA_TLS_CERT_FILE is set but KAFKA_TLS_KEY_FILE is not: a client certificate needs its private key; set both or neither"},
+		{"key without its client certificate", map[string]string{"KAFKA_TLS_KEY_FILE": "client-key.pem"}, nil,
+			"KAFKA_TLS_KEY_FILE is set but KAFKA_TLS_CERT_FILE is not: a private key needs its client certificate; set both or neither"},
+		{"unknown SASL mechanism", map[string]string{"KAFKA_SASL_MECHANISM": "GSSAPI"}, nil,
+			`KAFKA_SASL_MECHANISM="GSSAPI": must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512`},
+		{"SASL mechanism without user name", map[string]string{"KAFKA_SASL_MECHANISM": "PLAIN", "KAFKA_SASL_PASSWORD": "s3cret"}, nil,
+			"KAFKA_SASL_USERNAME is not set: KAFKA_SASL_MECHANISM=PLAIN needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"},
+		{"SASL mechanism without password", map[string]string{"KAFKA_SASL_MECHANISM": "scram-sha-512", "KAFKA_SASL_USERNAME": "shipper"}, nil,
+			"KAFKA_SASL_PASSWORD is not set: KAFKA_SASL_MECHANISM=SCRAM-SHA-512 needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"},
+		{"SASL user name without mechanism", map[string]string{"KAFKA_SASL_USERNAME": "shipper"}, nil,
+			"KAFKA_SASL_USERNAME is set but KAFKA_SASL_MECHANISM is not: set it to PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"},
+		{"SASL password without mechanism", map[string]string{"KAFKA_SASL_PASSWORD": "s3cret"}, nil,
+			"KAFKA_SASL_PASSWORD is set but KAFKA_SASL_MECHANISM is not: set it to PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"},
+		{"SASL password flag without mechanism", nil, []string{"-kafka-sasl-password", "s3cret"},
+			"KAFKA_SASL_PASSWORD is set but KAFKA_SASL_MECHANISM is not: set it to PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"},
 
 		{"PERFORM_MIGRATIONS", map[string]string{"PERFORM_MIGRATIONS": "yes"}, nil,
 			`PERFORM_MIGRATIONS="yes": must be true or false`},
@@ -334,6 +420,14 @@ func TestParseConfigHelpListsEverySetting(t *testing.T) {
 		"  WORKERS, -workers (default 2)\n",
 		"  KAFKA_COMPRESSION, -kafka-compression (default snappy)\n",
 		"  KAFKA_LINGER, -kafka-linger (default 0s)\n",
+		"  KAFKA_TLS, -kafka-tls (default false)\n",
+		"  KAFKA_TLS_CA_FILE, -kafka-tls-ca-file\n",
+		"  KAFKA_TLS_CERT_FILE, -kafka-tls-cert-file\n",
+		"  KAFKA_TLS_KEY_FILE, -kafka-tls-key-file\n",
+		"  KAFKA_TLS_SERVER_NAME, -kafka-tls-server-name\n",
+		"  KAFKA_SASL_MECHANISM, -kafka-sasl-mechanism\n",
+		"  KAFKA_SASL_USERNAME, -kafka-sasl-username\n",
+		"  KAFKA_SASL_PASSWORD, -kafka-sasl-password\n",
 		"  POLL_INTERVAL, -poll-interval (default 50ms)\n",
 		"  SEND_TIMEOUT, -send-timeout (default 30s)\n",
 		"  SHUTDOWN_TIMEOUT, -shutdown-timeout (default 5s)\n",

@@ -57,19 +57,46 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
 $$;
 -- +goose StatementEnd
 
--- The shipper's least-privileged role, where one exists, moves events here.
+-- The shipper moves events here, so its role (migration 00002) needs INSERT:
+-- added to the one list of its privileges, which is then granted.
 -- +goose StatementBegin
-DO $$
+CREATE OR REPLACE FUNCTION pg2kafka.grant_shipper_privileges() RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'pg2kafka_shipper') THEN
-        GRANT INSERT ON pg2kafka.dead_letter_events TO pg2kafka_shipper;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'pg2kafka_shipper') THEN
+        RAISE WARNING 'pg2kafka: role pg2kafka_shipper does not exist, so it was granted nothing'
+            USING HINT = 'A superuser or a role with CREATEROLE can run: CREATE ROLE pg2kafka_shipper NOLOGIN; '
+                         'then the owner of schema pg2kafka runs: SELECT pg2kafka.grant_shipper_privileges();';
+        RETURN false;
     END IF;
+    GRANT USAGE ON SCHEMA pg2kafka TO pg2kafka_shipper;
+    GRANT SELECT, DELETE, UPDATE (id) ON pg2kafka.outbound_event_queue TO pg2kafka_shipper;
+    GRANT INSERT ON pg2kafka.dead_letter_events TO pg2kafka_shipper;
+    RETURN true;
 END
 $$;
 -- +goose StatementEnd
+SELECT pg2kafka.grant_shipper_privileges();
 
 -- +goose Down
 -- Rolling back must not lose the events kept here: they go back to the queue.
 SELECT pg2kafka.requeue_dead_letters();
 DROP FUNCTION pg2kafka.requeue_dead_letters(bigint[]);
 DROP TABLE pg2kafka.dead_letter_events;
+-- The list of the shipper's privileges as migration 00002 left it.
+-- +goose StatementBegin
+CREATE OR REPLACE FUNCTION pg2kafka.grant_shipper_privileges() RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'pg2kafka_shipper') THEN
+        RAISE WARNING 'pg2kafka: role pg2kafka_shipper does not exist, so it was granted nothing'
+            USING HINT = 'A superuser or a role with CREATEROLE can run: CREATE ROLE pg2kafka_shipper NOLOGIN; '
+                         'then the owner of schema pg2kafka runs: SELECT pg2kafka.grant_shipper_privileges();';
+        RETURN false;
+    END IF;
+    GRANT USAGE ON SCHEMA pg2kafka TO pg2kafka_shipper;
+    GRANT SELECT, DELETE, UPDATE (id) ON pg2kafka.outbound_event_queue TO pg2kafka_shipper;
+    RETURN true;
+END
+$$;
+-- +goose StatementEnd

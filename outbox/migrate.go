@@ -3,10 +3,12 @@ package outbox
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"log/slog"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
@@ -58,6 +60,10 @@ func withProvider(ctx context.Context, pool *pgxpool.Pool, fn func(*goose.Provid
 		_, err := tx.Exec(ctx, `CREATE SCHEMA IF NOT EXISTS pg2kafka`)
 		return err
 	})
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42501" { // insufficient_privilege
+		return fmt.Errorf("outbox: migrate: this role may not install pg2kafka: migrate as the owner of the database, and run a shipper of least privilege (pg2kafka_shipper) without PERFORM_MIGRATIONS: %w", err)
+	}
 	if err != nil {
 		return fmt.Errorf("outbox: migrate: create schema pg2kafka: %w", err)
 	}

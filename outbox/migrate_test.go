@@ -52,6 +52,7 @@ func (l *migrationLog) logger() *slog.Logger {
 
 // appliedAll is what Migrate logs when it installs pg2kafka from scratch.
 const appliedAll = "level=INFO msg=\"applied migration\" version=1 file=00001_outbox.sql\n" +
+	"level=INFO msg=\"applied migration\" version=2 file=00002_shipper_role.sql\n" +
 	"level=INFO msg=\"applied migration\" version=3 file=00003_dead_letter.sql\n"
 
 type gooseVersion struct {
@@ -61,7 +62,7 @@ type gooseVersion struct {
 
 // allVersions is what Goose's version table holds once every migration is
 // applied.
-var allVersions = []gooseVersion{{0, true}, {1, true}, {3, true}}
+var allVersions = []gooseVersion{{0, true}, {1, true}, {2, true}, {3, true}}
 
 // requireVersions fails the test unless Goose's version table holds want.
 func requireVersions(t *testing.T, ctx context.Context, pool *pgxpool.Pool, want ...gooseVersion) {
@@ -102,6 +103,7 @@ func schemaObjects(t *testing.T, ctx context.Context, pool *pgxpool.Pool) []stri
 var latestObjects = []string{
 	"S outbound_event_queue_id_seq",
 	"function pg2kafka.enqueue_event()",
+	"function pg2kafka.grant_shipper_privileges()",
 	"function pg2kafka.requeue_dead_letters(bigint[])",
 	"function pg2kafka.setup(regclass,text)",
 	"i dead_letter_events_pkey",

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -45,7 +46,8 @@ func (e *Event) Table() Table { return Table{Schema: e.TableSchema, Name: e.Tabl
 // Unless the connection string says otherwise, sessions are named pg2kafka
 // (visible in pg_stat_activity) and Postgres ends any session left idle inside
 // a transaction for idleInTxTimeout, so a stuck shipper cannot hold a claim,
-// and with it the xmin horizon, for long.
+// and with it the xmin horizon, for long. Postgres' warnings to any of the
+// pool's sessions are logged, its notices at debug level.
 func Connect(ctx context.Context, connString string, idleInTxTimeout time.Duration, logger *slog.Logger) (*pgxpool.Pool, error) {
 	cfg, err := pgxpool.ParseConfig(connString)
 	if err != nil {
@@ -58,6 +60,7 @@ func Connect(ctx context.Context, connString string, idleInTxTimeout time.Durati
 	if _, ok := params["idle_in_transaction_session_timeout"]; !ok && idleInTxTimeout > 0 {
 		params["idle_in_transaction_session_timeout"] = fmt.Sprint(idleInTxTimeout.Milliseconds())
 	}
+	cfg.ConnConfig.OnNotice = logNotice(logger)
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("outbox: connect: %w", err)
@@ -79,6 +82,27 @@ func Connect(ctx context.Context, connString string, idleInTxTimeout time.Durati
 		case <-time.After(delay):
 		}
 		delay = min(2*delay, 5*time.Second)
+	}
+}
+
+// logNotice returns a handler that logs what Postgres tells a session
+// besides its results: a WARNING (a migration that could not create the
+// shipper's role, say) as a warning, anything milder (CREATE … IF NOT EXISTS
+// finding the object there) at debug level.
+func logNotice(logger *slog.Logger) pgconn.NoticeHandler {
+	return func(_ *pgconn.PgConn, n *pgconn.Notice) {
+		level := slog.LevelDebug
+		if n.Severity == "WARNING" {
+			level = slog.LevelWarn
+		}
+		attrs := []slog.Attr{slog.String("message", n.Message)}
+		if n.Detail != "" {
+			attrs = append(attrs, slog.String("detail", n.Detail))
+		}
+		if n.Hint != "" {
+			attrs = append(attrs, slog.String("hint", n.Hint))
+		}
+		logger.LogAttrs(context.Background(), level, "postgres "+strings.ToLower(n.Severity), attrs...)
 	}
 }
 

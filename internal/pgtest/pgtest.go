@@ -82,3 +82,60 @@ func NewPool(t testing.TB) (*pgxpool.Pool, string) {
 	t.Cleanup(pool.Close)
 	return pool, connString
 }
+
+// Role is a login role on the test server.
+type Role struct {
+	Name     string
+	Password string
+}
+
+// NewRole creates a login role with a random name and password, holding
+// nothing beyond what PUBLIC holds, and drops it when the test ends. Roles
+// belong to the whole server, not to a database, and one cannot be dropped
+// while a database grants it anything: create it before the databases that
+// will (cleanups run last first, so those are dropped before it).
+func NewRole(t testing.TB) Role {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	admin, err := pgx.Connect(ctx, AdminURL())
+	if err != nil {
+		t.Fatalf("pgtest: connect to the test server: %v", err)
+	}
+	defer admin.Close(ctx)
+
+	suffix := make([]byte, 6)
+	_, _ = rand.Read(suffix)
+	password := make([]byte, 12)
+	_, _ = rand.Read(password)
+	r := Role{Name: "pg2kafka_test_" + hex.EncodeToString(suffix), Password: hex.EncodeToString(password)}
+	// CREATE ROLE takes no parameters; both values are hex digits.
+	if _, err := admin.Exec(ctx, "CREATE ROLE "+pgx.Identifier{r.Name}.Sanitize()+" LOGIN PASSWORD '"+r.Password+"'"); err != nil {
+		t.Fatalf("pgtest: create role %s: %v", r.Name, err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		admin, err := pgx.Connect(ctx, AdminURL())
+		if err != nil {
+			t.Errorf("pgtest: drop role %s: %v", r.Name, err)
+			return
+		}
+		defer admin.Close(ctx)
+		if _, err := admin.Exec(ctx, "DROP ROLE "+pgx.Identifier{r.Name}.Sanitize()); err != nil {
+			t.Errorf("pgtest: drop role %s: %v", r.Name, err)
+		}
+	})
+	return r
+}
+
+// ConnString returns connString with the role as its user.
+func (r Role) ConnString(t testing.TB, connString string) string {
+	t.Helper()
+	u, err := url.Parse(connString)
+	if err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	u.User = url.UserPassword(r.Name, r.Password)
+	return u.String()
+}

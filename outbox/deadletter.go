@@ -24,7 +24,9 @@ type DeadLetter struct {
 
 // moveToDeadLetterSQL takes events off the queue and into the dead-letter
 // table in one statement, so that an event is in exactly one of the two at
-// any moment. The event's columns are copied from the queue row itself.
+// any moment. The event's columns are copied from the queue row itself:
+// every column of the queue must be named here, and in
+// requeue_dead_letters(), or it is lost on the way.
 const moveToDeadLetterSQL = `
 WITH moved AS (
     DELETE FROM pg2kafka.outbound_event_queue AS q

@@ -36,6 +36,7 @@ type bundle struct {
 	cluster  *kfake.Cluster
 	admin    *kadm.Client
 	logs     *syncBuffer
+	shipper  *shipper.Shipper // the last one started
 }
 
 func setup(t *testing.T, opts ...kfake.Opt) *bundle {
@@ -106,7 +107,9 @@ func (b *bundle) startWith(cfg shipper.Config, sink shipper.Sink) (stop func()) 
 	cfg.Logger = slog.New(slog.NewTextHandler(b.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- shipper.New(cfg, outbox.NewQueue(b.pool), sink).Run(ctx) }()
+	s := shipper.New(cfg, outbox.NewQueue(b.pool), sink)
+	b.shipper = s
+	go func() { done <- s.Run(ctx) }()
 	stop = sync.OnceFunc(func() {
 		cancel()
 		if err := <-done; err != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -29,6 +30,13 @@ type KafkaSink struct {
 	client *kgo.Client
 	admin  *kadm.Client
 	cfg    KafkaConfig
+	// probe sends the records Kafka refused again, to find out which of
+	// them it refuses for themselves (see findRefused). It sends nothing
+	// else, and probeMu lets one batch use it at a time, so a record it sends
+	// alone really travels alone: on the shared client, another worker's
+	// records could join it in its partition's batch.
+	probeMu sync.Mutex
+	probe   *kgo.Client
 	// existing holds the topics known to exist, so that CreateTopics costs
 	// one request per topic, not one per batch.
 	mu       sync.Mutex
@@ -46,7 +54,14 @@ func NewKafkaSink(cfg KafkaConfig, opts ...kgo.Opt) (*KafkaSink, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kafka: %w", err)
 	}
-	return &KafkaSink{client: client, admin: kadm.NewClient(client), cfg: cfg, existing: make(map[string]bool)}, nil
+	// The probe waits for each send before the next, so lingering would only
+	// slow it down. Like any client it connects on first use.
+	probe, err := kgo.NewClient(append(append(defaults, opts...), kgo.ProducerLinger(0))...)
+	if err != nil {
+		client.Close()
+		return nil, fmt.Errorf("kafka: %w", err)
+	}
+	return &KafkaSink{client: client, admin: kadm.NewClient(client), probe: probe, cfg: cfg, existing: make(map[string]bool)}, nil
 }
 
 // Client returns the franz-go client, for health checks and tests.
@@ -54,23 +69,46 @@ func (s *KafkaSink) Client() *kgo.Client { return s.client }
 
 // Send implements Sink. Records are produced all at once and awaited
 // together; each result is matched to its message through the record's
-// promise, since franz-go settles them in completion order.
+// promise, since franz-go settles them in completion order. Records Kafka
+// may have refused for themselves are then sorted out by findRefused; those
+// it does refuse fail with a *RejectedError.
 func (s *KafkaSink) Send(ctx context.Context, msgs []Message) []error {
 	errs := make([]error, len(msgs))
 	var failedTopics map[string]error
 	if s.cfg.CreateTopics {
 		failedTopics = s.createMissingTopics(ctx, msgs)
 	}
-	var wg sync.WaitGroup
+	todo := make([]int, 0, len(msgs))
 	for i := range msgs {
-		m := &msgs[i]
-		if err := failedTopics[m.Topic]; err != nil {
+		if err := failedTopics[msgs[i].Topic]; err != nil {
 			errs[i] = err
 			continue
 		}
+		todo = append(todo, i)
+	}
+	produce(ctx, s.client, msgs, todo, errs)
+	var suspects []int
+	for _, i := range todo {
+		if errs[i] != nil && refusesRecord(errs[i]) {
+			suspects = append(suspects, i)
+		}
+	}
+	if len(suspects) > 0 {
+		s.findRefused(ctx, msgs, suspects, errs)
+	}
+	return errs
+}
+
+// produce sends the messages msgs[i] for i in which, in that order, and
+// waits until each is settled, setting errs[i] to nil or its error.
+func produce(ctx context.Context, client *kgo.Client, msgs []Message, which []int, errs []error) {
+	var wg sync.WaitGroup
+	for _, i := range which {
+		m := &msgs[i]
 		wg.Add(1)
 		record := &kgo.Record{Topic: m.Topic, Key: m.Key, Value: m.Value, Timestamp: m.Timestamp}
-		s.client.Produce(ctx, record, func(r *kgo.Record, err error) {
+		client.Produce(ctx, record, func(r *kgo.Record, err error) {
+			errs[i] = nil
 			if err != nil {
 				errs[i] = explainProduceError(r.Topic, err)
 			}
@@ -78,7 +116,104 @@ func (s *KafkaSink) Send(ctx context.Context, msgs []Message) []error {
 		})
 	}
 	wg.Wait()
-	return errs
+}
+
+// refusesRecord reports whether err is Kafka refusing a record for what it
+// is, which sending it again cannot change: too large for the broker
+// (message.max.bytes, max.message.bytes; or for this client's
+// ProducerBatchMaxBytes, which franz-go reports with the same error), larger
+// than a log segment, invalid (a null key on a compacted topic, a broker-side
+// validation), or with a timestamp the topic does not accept.
+//
+// Errors about the topic (missing, not allowed, invalid name) are not
+// counted: they are the same for every event of the table and are fixed by
+// whoever runs Kafka, so the events wait for that. Neither is
+// CORRUPT_MESSAGE: the event bytes are always a valid record, so a checksum
+// the broker finds wrong was damaged on the way, and the next send is new.
+func refusesRecord(err error) bool {
+	return errors.Is(err, kerr.MessageTooLarge) ||
+		errors.Is(err, kerr.RecordListTooLarge) ||
+		errors.Is(err, kerr.InvalidRecord) ||
+		errors.Is(err, kerr.InvalidTimestamp)
+}
+
+// findRefused tells the suspects, records that failed with an error for
+// which refusesRecord holds, that Kafka refuses for themselves from those
+// that only shared their fate. Kafka answers a produce for a partition's
+// whole batch of records, and franz-go, to keep a partition in order, then
+// fails every record it holds for that partition with that same error: one
+// record over the broker's size limit fails its neighbours with
+// MESSAGE_TOO_LARGE too, and so does a batch of small records that is too
+// large only as a whole.
+//
+// So the suspects are sent again on the probe, in halves, in their order: a
+// group that goes through is acknowledged, one that fails is halved again,
+// and a record that fails even alone is refused for itself. Its error
+// becomes a *RejectedError. One refused record among n suspects costs about
+// 2·log2(n) sends. Any other failure stops the search and leaves the
+// suspects not yet settled failed as they were, since a later event of a key
+// must not overtake an earlier one that may yet go through.
+func (s *KafkaSink) findRefused(ctx context.Context, msgs []Message, suspects []int, errs []error) {
+	s.probeMu.Lock()
+	defer s.probeMu.Unlock()
+	f := &refusalFinder{
+		ctx:         ctx,
+		probe:       s.probe,
+		msgs:        msgs,
+		errs:        errs,
+		attempts:    make(map[int]int, len(suspects)),
+		firstFailed: time.Now(),
+	}
+	for _, i := range suspects {
+		f.attempts[i] = 1
+	}
+	f.split(suspects)
+}
+
+type refusalFinder struct {
+	ctx         context.Context
+	probe       *kgo.Client
+	msgs        []Message
+	errs        []error
+	attempts    map[int]int // failed sends of each suspect
+	firstFailed time.Time   // when the suspects first failed, together
+}
+
+// split sends the halves of failed, which failed together, one after the
+// other, and reports whether the search may go on.
+func (f *refusalFinder) split(failed []int) bool {
+	if len(failed) == 1 {
+		return f.send(failed)
+	}
+	mid := len(failed) / 2
+	return f.send(failed[:mid]) && f.send(failed[mid:])
+}
+
+// send sends group and settles it, and reports whether the search may go on.
+func (f *refusalFinder) send(group []int) bool {
+	produce(f.ctx, f.probe, f.msgs, group, f.errs)
+	failedAt := time.Now()
+	var failed []int
+	goOn := true
+	for _, i := range group {
+		if f.errs[i] == nil {
+			continue
+		}
+		f.attempts[i]++
+		if !refusesRecord(f.errs[i]) {
+			goOn = false
+		}
+		failed = append(failed, i)
+	}
+	switch {
+	case !goOn || len(failed) == 0:
+		return goOn
+	case len(group) == 1:
+		i := group[0]
+		f.errs[i] = &RejectedError{Err: f.errs[i], Attempts: f.attempts[i], FirstFailedAt: f.firstFailed, LastFailedAt: failedAt}
+		return true
+	}
+	return f.split(failed)
 }
 
 func explainProduceError(topic string, err error) error {
@@ -132,4 +267,7 @@ func (s *KafkaSink) createMissingTopics(ctx context.Context, msgs []Message) map
 }
 
 // Close implements Sink.
-func (s *KafkaSink) Close() { s.client.Close() }
+func (s *KafkaSink) Close() {
+	s.client.Close()
+	s.probe.Close()
+}

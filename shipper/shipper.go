@@ -5,9 +5,12 @@ package shipper
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pg2kafka/pg2kafka/outbox"
@@ -69,17 +72,42 @@ func (c *Config) withDefaults() Config {
 	return out
 }
 
+// RejectedError is a Sink's answer for a message its destination refuses
+// for what it is (too large, invalid) and would refuse again however often
+// it were sent. The shipper moves the message's event to the dead-letter
+// table rather than retry it: left queued, it would hold back the events of
+// its key for good.
+type RejectedError struct {
+	// Err is the destination's reason.
+	Err error
+	// Attempts is how many sends of the message failed, the last alone.
+	Attempts int
+	// FirstFailedAt and LastFailedAt are when the first and the last
+	// failed.
+	FirstFailedAt, LastFailedAt time.Time
+}
+
+func (e *RejectedError) Error() string { return e.Err.Error() }
+
+func (e *RejectedError) Unwrap() error { return e.Err }
+
 // Shipper drains the outbox into a Sink with several workers.
 type Shipper struct {
 	cfg   Config
 	queue *outbox.Queue
 	sink  Sink
+	// deadLettered counts the events moved to the dead-letter table.
+	deadLettered atomic.Int64
 }
 
 // New returns a shipper from queue to sink.
 func New(cfg Config, queue *outbox.Queue, sink Sink) *Shipper {
 	return &Shipper{cfg: cfg.withDefaults(), queue: queue, sink: sink}
 }
+
+// DeadLettered returns how many events the shipper has moved to the
+// dead-letter table since it was made.
+func (s *Shipper) DeadLettered() int64 { return s.deadLettered.Load() }
 
 // Run ships until ctx ends, then returns nil once the batches in flight are
 // settled. Errors of the database or the destination are logged and retried
@@ -94,6 +122,8 @@ func (s *Shipper) Run(ctx context.Context) error {
 			logger:  s.cfg.Logger.With(slog.Int("worker", i)),
 			topics:  make(map[outbox.Table]string),
 			paused:  make(map[outbox.Table]*retryState),
+
+			deadLettered: &s.deadLettered,
 		}
 		wg.Go(func() { w.run(ctx) })
 	}
@@ -115,6 +145,7 @@ type worker struct {
 	// dbRetry backs off after database errors, which stop the worker.
 	dbRetry       retryState
 	lastRebalance time.Time
+	deadLettered  *atomic.Int64
 }
 
 func (w *worker) run(ctx context.Context) {
@@ -176,10 +207,20 @@ func (w *worker) shipBatch(ctx context.Context) (int, error) {
 	errs := w.sink.Send(sendCtx, msgs)
 	sent := time.Since(sendStart)
 	acked := ids[:0:0]
+	var deadLetters []outbox.DeadLetter
+	var refused []int
 	failures := make(map[outbox.Table]failure)
 	for i, err := range errs {
 		if err == nil {
 			acked = append(acked, ids[i])
+			continue
+		}
+		if r, ok := errors.AsType[*RejectedError](err); ok {
+			deadLetters = append(deadLetters, outbox.DeadLetter{
+				ID: ids[i], Error: r.Err.Error(), Attempts: r.Attempts,
+				FirstFailedAt: r.FirstFailedAt, LastFailedAt: r.LastFailedAt,
+			})
+			refused = append(refused, i)
 			continue
 		}
 		t := batch.Events[i].Table()
@@ -195,13 +236,14 @@ func (w *worker) shipBatch(ctx context.Context) (int, error) {
 	// event left in the queue would be shipped twice.
 	completeCtx, cancelComplete := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancelComplete()
-	if err := batch.Complete(completeCtx, acked); err != nil {
+	if err := batch.Complete(completeCtx, acked, deadLetters...); err != nil {
 		return 0, err
 	}
 
+	w.noteDeadLetters(batch.Events, msgs, errs, refused)
 	w.noteResults(batch.Events, errs, failures)
 	w.logger.Debug("batch shipped", slog.Int("events", len(batch.Events)), slog.Int("acknowledged", len(acked)),
-		slog.Duration("send", sent), slog.Duration("total", time.Since(claimStart)))
+		slog.Int("dead_lettered", len(deadLetters)), slog.Duration("send", sent), slog.Duration("total", time.Since(claimStart)))
 	return len(batch.Events), nil
 }
 
@@ -245,6 +287,29 @@ func (w *worker) topic(t outbox.Table) string {
 		w.topics[t] = topic
 	}
 	return topic
+}
+
+// noteDeadLetters logs and counts the events at the given indexes, which
+// the batch has moved to the dead-letter table.
+func (w *worker) noteDeadLetters(events []outbox.Event, msgs []Message, errs []error, refused []int) {
+	for _, i := range refused {
+		e := &events[i]
+		r, _ := errors.AsType[*RejectedError](errs[i])
+		externalID := slog.Any("external_id", nil)
+		if e.ExternalID != nil {
+			externalID = slog.String("external_id", *e.ExternalID)
+		}
+		w.deadLettered.Add(1)
+		w.logger.Error("event moved to the dead-letter table: the destination refuses it",
+			slog.String("table", e.TableSchema+"."+e.TableName),
+			slog.String("topic", msgs[i].Topic),
+			slog.Int64("event_id", e.ID),
+			slog.String("event_uuid", e.UUID.String()),
+			externalID,
+			slog.Int("attempts", r.Attempts),
+			slog.Any("error", r.Err),
+			slog.String("requeue", fmt.Sprintf("SELECT pg2kafka.requeue_dead_letters(ARRAY[%d])", e.ID)))
+	}
 }
 
 // noteResults pauses the tables whose events failed and resumes those whose

@@ -56,6 +56,8 @@ LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     SELECT count(*) FROM requeued
 $$;
 -- +goose StatementEnd
+-- The owner's to call, not the shipper's (see 00002).
+REVOKE EXECUTE ON FUNCTION pg2kafka.requeue_dead_letters(bigint[]) FROM PUBLIC;
 
 -- The shipper moves events here, so its role (migration 00002) needs INSERT:
 -- added to the one list of its privileges, which is then granted.

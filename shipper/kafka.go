@@ -32,11 +32,11 @@ type KafkaSink struct {
 	cfg    KafkaConfig
 	// probe sends the records Kafka refused again, to find out which of
 	// them it refuses for themselves (see findRefused). It sends nothing
-	// else, and probeMu lets one batch use it at a time, so a record it sends
-	// alone really travels alone: on the shared client, another worker's
-	// records could join it in its partition's batch.
-	probeMu sync.Mutex
-	probe   *kgo.Client
+	// else, and holding probeTurn lets one batch use it at a time, so a
+	// record it sends alone really travels alone: on the shared client,
+	// another worker's records could join it in its partition's batch.
+	probe     *kgo.Client
+	probeTurn chan struct{}
 	// existing holds the topics known to exist, so that CreateTopics costs
 	// one request per topic, not one per batch.
 	mu       sync.Mutex
@@ -61,7 +61,14 @@ func NewKafkaSink(cfg KafkaConfig, opts ...kgo.Opt) (*KafkaSink, error) {
 		client.Close()
 		return nil, fmt.Errorf("kafka: %w", err)
 	}
-	return &KafkaSink{client: client, admin: kadm.NewClient(client), probe: probe, cfg: cfg, existing: make(map[string]bool)}, nil
+	return &KafkaSink{
+		client:    client,
+		admin:     kadm.NewClient(client),
+		probe:     probe,
+		probeTurn: make(chan struct{}, 1),
+		cfg:       cfg,
+		existing:  make(map[string]bool),
+	}, nil
 }
 
 // Client returns the franz-go client, for health checks and tests.
@@ -152,10 +159,15 @@ func refusesRecord(err error) bool {
 // becomes a *RejectedError. One refused record among n suspects costs about
 // 2·log2(n) sends. Any other failure stops the search and leaves the
 // suspects not yet settled failed as they were, since a later event of a key
-// must not overtake an earlier one that may yet go through.
+// must not overtake an earlier one that may yet go through; so does the end
+// of ctx while waiting for another batch's search.
 func (s *KafkaSink) findRefused(ctx context.Context, msgs []Message, suspects []int, errs []error) {
-	s.probeMu.Lock()
-	defer s.probeMu.Unlock()
+	select {
+	case s.probeTurn <- struct{}{}:
+		defer func() { <-s.probeTurn }()
+	case <-ctx.Done():
+		return
+	}
 	f := &refusalFinder{
 		ctx:         ctx,
 		probe:       s.probe,

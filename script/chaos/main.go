@@ -161,6 +161,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 		return err
 	}
 
+	var autovacuum string
+	if err := c.pool.QueryRow(ctx, `SHOW autovacuum`).Scan(&autovacuum); err == nil && autovacuum != "on" {
+		logger.Warn("autovacuum is off on this server: the queue's dead rows pile up during a drain and slow it down; chaos vacuums the queue only between scenarios")
+	}
+
 	var results []*result
 	for _, name := range cfg.Scenarios {
 		logger.Info("scenario", "name", name)

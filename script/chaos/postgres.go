@@ -117,18 +117,25 @@ func key(i int) string { return fmt.Sprintf("k%07d", i) }
 
 // fill inserts every row, one event each, then updates them all, keys
 // events a round, until at least n events were written; it returns how many.
-func (t *table) fill(ctx context.Context, n, pad int) (int64, error) {
+// Through the trigger this is slow (minutes for a million events on a busy
+// machine), so it logs its progress.
+func (t *table) fill(ctx context.Context, n, pad int, log *slog.Logger) (int64, error) {
 	tag, err := t.pool.Exec(ctx, `INSERT INTO `+t.ident+` SELECT 'k' || lpad(i::text, 7, '0'), 0, repeat('x', $2) FROM generate_series(0, $1 - 1) AS i`, t.keys, pad)
 	if err != nil {
 		return 0, fmt.Errorf("insert into %s: %w", t.name, err)
 	}
 	events := tag.RowsAffected()
+	nextLog := time.Now().Add(15 * time.Second)
 	for events < int64(n) {
 		written, err := t.updateAll(ctx)
 		if err != nil {
 			return events, err
 		}
 		events += written
+		if time.Now().After(nextLog) {
+			log.Info("filling the queue", "table", t.name, "events", events, "of", n)
+			nextLog = time.Now().Add(15 * time.Second)
+		}
 	}
 	return events, nil
 }

@@ -66,13 +66,20 @@ func (c *chaos) scenario(ctx context.Context, name string, r *result) error {
 	s := &scene{c: c, r: r, seed: c.cfg.Seed ^ h.Sum64()}
 	s.rng = rand.New(rand.NewPCG(s.seed, 1))
 
+	// The queue is empty between scenarios, but full of the dead rows of the
+	// last one's events, which every claim would have to step over: with
+	// autovacuum off, as on some development servers, that slows the next
+	// drain down several times over.
+	if _, err := c.pool.Exec(ctx, `VACUUM pg2kafka.outbound_event_queue`); err != nil {
+		return fmt.Errorf("vacuum the queue: %w", err)
+	}
 	t, err := createTable(ctx, c.pool, "chaos_counters_"+name, c.cfg.Keys)
 	if err != nil {
 		return err
 	}
 	s.t, s.topic = t, c.topic(t.name)
 	start := time.Now()
-	filled, err := t.fill(ctx, c.cfg.Events, c.cfg.Pad)
+	filled, err := t.fill(ctx, c.cfg.Events, c.cfg.Pad, c.log)
 	if err != nil {
 		return err
 	}
@@ -156,6 +163,10 @@ func (c *chaos) scenario(ctx context.Context, name string, r *result) error {
 	switch name {
 	case scenarioKill:
 		s.checkKillDuplicates()
+	case scenarioBroker:
+		if limit := sendTimeout + 5*time.Second; r.maxTxAge >= limit {
+			r.fail("a pg2kafka session held a transaction open for %s across the outage, not under SEND_TIMEOUT + 5s = %s", r.maxTxAge.Round(time.Millisecond), limit)
+		}
 	case scenarioSigterm:
 		if v.duplicates > 0 {
 			r.fail("%d duplicates after clean SIGTERM stops; want none", v.duplicates)
@@ -298,11 +309,12 @@ func (s *scene) brokerOutage(ctx context.Context) error {
 			s.r.fail("during the outage: %s", crashes[0])
 		}
 	}
+	// The transaction age is checked over the whole scenario, once it is
+	// over: a claim begun as the broker went away and still open as it
+	// came back was open for the whole outage, though at no sample during
+	// it was it older than the outage.
 	txAge, rssMax := s.mon.windowMax()
 	s.r.note("during the outage: oldest pg2kafka transaction %s, most resident memory of a replica %s", txAge.Round(time.Millisecond), mib(rssMax))
-	if limit := sendTimeout + 5*time.Second; txAge >= limit {
-		s.r.fail("during the outage a pg2kafka session held a transaction open for %s, not under SEND_TIMEOUT + 5s = %s", txAge.Round(time.Millisecond), limit)
-	}
 	if limit := int64(cfg.MaxRSSMiB) << 20; rssMax > limit {
 		s.r.fail("during the outage a replica's resident memory reached %s, over -max-rss %d MiB", mib(rssMax), cfg.MaxRSSMiB)
 	}

@@ -65,6 +65,11 @@ func (c *Claimer) Close(ctx context.Context) {
 	}
 }
 
+// Join connects the claimer and counts it among the shippers, without taking
+// lanes yet. Joining all of a process's claimers before the first Rebalance
+// lets each take its fair share at once rather than one after another.
+func (c *Claimer) Join(ctx context.Context) error { return c.connect(ctx) }
+
 func (c *Claimer) connect(ctx context.Context) error {
 	if c.conn != nil && !c.conn.IsClosed() {
 		return nil
@@ -98,51 +103,57 @@ WHERE locktype = 'advisory' AND objsubid = 2 AND granted
 // ceil(Lanes / live claimers). Over its share, it releases lanes, which is
 // safe here because no claim is open between batches; under it, it takes
 // free lanes. Claimers that rebalance now and then converge on an even split
-// and take over a departed claimer's lanes within one round.
-func (c *Claimer) Rebalance(ctx context.Context) error {
+// and take over a departed claimer's lanes within one round. It reports
+// whether the claimer now holds its share; one that does not should try
+// again soon, as the lanes it lacks are being released by others.
+func (c *Claimer) Rebalance(ctx context.Context) (balanced bool, err error) {
 	if err := c.connect(ctx); err != nil {
-		return err
+		return false, err
 	}
 	var members int
 	var taken []int32
 	if err := c.conn.QueryRow(ctx, lockCensusSQL, memberLockKey, laneLockKey).Scan(&members, &taken); err != nil {
-		return fmt.Errorf("outbox: count shippers: %w", err)
+		return false, fmt.Errorf("outbox: count shippers: %w", err)
 	}
 	fair := (Lanes + max(members, 1) - 1) / max(members, 1)
-	switch {
-	case len(c.lanes) > fair:
+	if len(c.lanes) > fair {
 		extra := c.lanes[fair:]
 		if _, err := c.conn.Exec(ctx, `SELECT pg_advisory_unlock($1, lane) FROM unnest($2::int4[]) AS lane`, laneLockKey, extra); err != nil {
-			return fmt.Errorf("outbox: release lanes: %w", err)
+			return false, fmt.Errorf("outbox: release lanes: %w", err)
 		}
 		c.logger.Debug("released lanes", slog.Any("lanes", extra), slog.Int("shippers", members))
 		c.lanes = c.lanes[:fair]
-	case len(c.lanes) < fair:
-		var free []int32
-		for lane := range int32(Lanes) {
-			if !slices.Contains(taken, lane) {
-				free = append(free, lane)
-			}
+		return true, nil
+	}
+	othersHold := len(taken) - len(c.lanes)
+	var free []int32
+	for lane := range int32(Lanes) {
+		if !slices.Contains(taken, lane) {
+			free = append(free, lane)
 		}
-		free = free[:min(len(free), fair-len(c.lanes))]
-		if len(free) == 0 {
-			return nil
-		}
+	}
+	want := free[:min(len(free), fair-len(c.lanes))]
+	if len(want) > 0 {
 		// Another claimer may take some of these first; those are skipped,
 		// and the next round looks again.
-		rows, err := c.conn.Query(ctx, `SELECT lane FROM unnest($2::int4[]) AS lane WHERE pg_try_advisory_lock($1, lane)`, laneLockKey, free)
+		rows, err := c.conn.Query(ctx, `SELECT lane FROM unnest($2::int4[]) AS lane WHERE pg_try_advisory_lock($1, lane)`, laneLockKey, want)
 		if err != nil {
-			return fmt.Errorf("outbox: take lanes: %w", err)
+			return false, fmt.Errorf("outbox: take lanes: %w", err)
 		}
 		got, err := pgx.CollectRows(rows, pgx.RowTo[int32])
 		if err != nil {
-			return fmt.Errorf("outbox: take lanes: %w", err)
+			return false, fmt.Errorf("outbox: take lanes: %w", err)
 		}
 		c.logger.Debug("took lanes", slog.Any("lanes", got), slog.Int("shippers", members))
 		c.lanes = append(c.lanes, got...)
 		slices.Sort(c.lanes)
+		free = free[len(got):]
 	}
-	return nil
+	// Under its share, the claimer is still owed lanes if some are free (it
+	// lost a race for them) or others hold more than their shares (they are
+	// about to release them). Otherwise its share is simply the remainder.
+	owed := len(c.lanes) < fair && (len(free) > 0 || othersHold > (members-1)*fair)
+	return !owed, nil
 }
 
 // claimSQL claims the oldest events of the given lanes (all lanes when $2 is

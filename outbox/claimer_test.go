@@ -21,7 +21,7 @@ func (b *bundle) claimer(t *testing.T) *outbox.Claimer {
 func rebalance(t *testing.T, claimers ...*outbox.Claimer) {
 	t.Helper()
 	for _, c := range claimers {
-		if err := c.Rebalance(t.Context()); err != nil {
+		if _, err := c.Rebalance(t.Context()); err != nil {
 			t.Fatalf("Rebalance: %v", err)
 		}
 	}

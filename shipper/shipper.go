@@ -113,7 +113,7 @@ func (s *Shipper) DeadLettered() int64 { return s.deadLettered.Load() }
 // settled. Errors of the database or the destination are logged and retried
 // with backoff; none ends Run, and none loses an event.
 func (s *Shipper) Run(ctx context.Context) error {
-	var wg sync.WaitGroup
+	var workers []*worker
 	for i := range s.cfg.Workers {
 		w := &worker{
 			cfg:     s.cfg,
@@ -125,6 +125,16 @@ func (s *Shipper) Run(ctx context.Context) error {
 
 			deadLettered: &s.deadLettered,
 		}
+		// Counted among the shippers before any takes lanes, the workers
+		// each take their share in their first round. One that cannot
+		// join now keeps trying in its loop.
+		if err := w.claimer.Join(ctx); err != nil && ctx.Err() == nil {
+			w.logger.Warn("could not join the shippers yet; retrying", slog.Any("error", err))
+		}
+		workers = append(workers, w)
+	}
+	var wg sync.WaitGroup
+	for _, w := range workers {
 		wg.Go(func() { w.run(ctx) })
 	}
 	wg.Wait()
@@ -145,7 +155,11 @@ type worker struct {
 	// dbRetry backs off after database errors, which stop the worker.
 	dbRetry       retryState
 	lastRebalance time.Time
-	deadLettered  *atomic.Int64
+	// balanced is false while the worker is owed lanes that others are
+	// releasing; it then rebalances on every step rather than every
+	// RebalanceInterval, so that handing lanes over takes milliseconds.
+	balanced     bool
+	deadLettered *atomic.Int64
 }
 
 func (w *worker) run(ctx context.Context) {
@@ -167,11 +181,12 @@ func (w *worker) run(ctx context.Context) {
 // step rebalances the lanes when it is time, then ships one batch, and
 // returns how many events it claimed.
 func (w *worker) step(ctx context.Context) (int, error) {
-	if time.Since(w.lastRebalance) >= w.cfg.RebalanceInterval {
-		if err := w.claimer.Rebalance(ctx); err != nil {
+	if !w.balanced || time.Since(w.lastRebalance) >= w.cfg.RebalanceInterval {
+		balanced, err := w.claimer.Rebalance(ctx)
+		if err != nil {
 			return 0, err
 		}
-		w.lastRebalance = time.Now()
+		w.balanced, w.lastRebalance = balanced, time.Now()
 	}
 	return w.shipBatch(ctx)
 }

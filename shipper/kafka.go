@@ -27,15 +27,15 @@ type KafkaConfig struct {
 // for all in-sync replicas (franz-go's defaults), keyed records partitioned by
 // murmur2 exactly as the Java client does.
 type KafkaSink struct {
-	client *kgo.Client
-	admin  *kadm.Client
-	cfg    KafkaConfig
+	producer *producer
+	admin    *kadm.Client
+	cfg      KafkaConfig
 	// probe sends the records Kafka refused again, to find out which of
 	// them it refuses for themselves (see findRefused). It sends nothing
 	// else, and holding probeTurn lets one batch use it at a time, so a
 	// record it sends alone really travels alone: on the shared client,
 	// another worker's records could join it in its partition's batch.
-	probe     *kgo.Client
+	probe     *producer
 	probeTurn chan struct{}
 	// existing holds the topics known to exist, so that CreateTopics costs
 	// one request per topic, not one per batch.
@@ -62,9 +62,9 @@ func NewKafkaSink(cfg KafkaConfig, opts ...kgo.Opt) (*KafkaSink, error) {
 		return nil, fmt.Errorf("kafka: %w", err)
 	}
 	return &KafkaSink{
-		client:    client,
+		producer:  newProducer(client),
 		admin:     kadm.NewClient(client),
-		probe:     probe,
+		probe:     newProducer(probe),
 		probeTurn: make(chan struct{}, 1),
 		cfg:       cfg,
 		existing:  make(map[string]bool),
@@ -72,7 +72,7 @@ func NewKafkaSink(cfg KafkaConfig, opts ...kgo.Opt) (*KafkaSink, error) {
 }
 
 // Client returns the franz-go client, for health checks and tests.
-func (s *KafkaSink) Client() *kgo.Client { return s.client }
+func (s *KafkaSink) Client() *kgo.Client { return s.producer.client }
 
 // Send implements Sink. Records are produced all at once and awaited
 // together; each result is matched to its message through the record's
@@ -93,7 +93,7 @@ func (s *KafkaSink) Send(ctx context.Context, msgs []Message) []error {
 		}
 		todo = append(todo, i)
 	}
-	produce(ctx, s.client, msgs, todo, errs)
+	s.producer.produce(ctx, msgs, todo, errs)
 	var suspects []int
 	for _, i := range todo {
 		if errs[i] != nil && refusesRecord(errs[i]) {
@@ -106,23 +106,100 @@ func (s *KafkaSink) Send(ctx context.Context, msgs []Message) []error {
 	return errs
 }
 
+// producer is a franz-go client and the count of records handed to it that
+// no batch waits for any more.
+type producer struct {
+	client *kgo.Client
+
+	mu        sync.Mutex
+	abandoned int
+	drained   chan struct{} // closed while abandoned is 0
+}
+
+func newProducer(client *kgo.Client) *producer {
+	p := &producer{client: client, drained: make(chan struct{})}
+	close(p.drained)
+	return p
+}
+
+type produced struct {
+	i   int
+	err error
+}
+
 // produce sends the messages msgs[i] for i in which, in that order, and
-// waits until each is settled, setting errs[i] to nil or its error.
-func produce(ctx context.Context, client *kgo.Client, msgs []Message, which []int, errs []error) {
-	var wg sync.WaitGroup
+// waits until each is settled or ctx ends, setting errs[i] to nil or its
+// error.
+//
+// An idempotent producer never fails a record that may already have reached
+// a broker: it waits to learn whether the broker kept it, for as long as the
+// broker is away. produce does not wait that long. When ctx ends, the records
+// still out fail with ctx's error, so that their batch is rolled back and its
+// events stay queued, and they are counted as abandoned until franz-go
+// settles them. Before sending anything, produce waits for the abandoned
+// records to settle: a partition then never holds two sends of an event, so
+// an event sent again can only repeat the earlier send, never overtake it,
+// and the records held through an outage stay bounded by one batch per
+// worker.
+func (p *producer) produce(ctx context.Context, msgs []Message, which []int, errs []error) {
+	p.mu.Lock()
+	drained := p.drained
+	p.mu.Unlock()
+	select {
+	case <-drained:
+	case <-ctx.Done():
+		for _, i := range which {
+			errs[i] = fmt.Errorf("kafka: records sent earlier are still unacknowledged; is the broker reachable? %w", ctx.Err())
+		}
+		return
+	}
+
+	results := make(chan produced, len(which)) // late promises never block
 	for _, i := range which {
 		m := &msgs[i]
-		wg.Add(1)
 		record := &kgo.Record{Topic: m.Topic, Key: m.Key, Value: m.Value, Timestamp: m.Timestamp}
-		client.Produce(ctx, record, func(r *kgo.Record, err error) {
-			errs[i] = nil
-			if err != nil {
-				errs[i] = explainProduceError(r.Topic, err)
-			}
-			wg.Done()
-		})
+		p.client.Produce(ctx, record, func(r *kgo.Record, err error) { results <- produced{i, err} })
 	}
-	wg.Wait()
+	settled := make(map[int]bool, len(which))
+	for left := len(which); left > 0; left-- {
+		select {
+		case r := <-results:
+			settled[r.i] = true
+			errs[r.i] = nil
+			if r.err != nil {
+				errs[r.i] = explainProduceError(msgs[r.i].Topic, r.err)
+			}
+		case <-ctx.Done():
+			for _, i := range which {
+				if !settled[i] {
+					errs[i] = fmt.Errorf("kafka: no acknowledgement in time: %w", ctx.Err())
+				}
+			}
+			p.abandon(left, results)
+			return
+		}
+	}
+}
+
+// abandon counts n records whose results will arrive on results, unread,
+// until they have.
+func (p *producer) abandon(n int, results <-chan produced) {
+	p.mu.Lock()
+	if p.abandoned == 0 {
+		p.drained = make(chan struct{})
+	}
+	p.abandoned += n
+	p.mu.Unlock()
+	go func() {
+		for range n {
+			<-results
+		}
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if p.abandoned -= n; p.abandoned == 0 {
+			close(p.drained)
+		}
+	}()
 }
 
 // refusesRecord reports whether err is Kafka refusing a record for what it
@@ -184,7 +261,7 @@ func (s *KafkaSink) findRefused(ctx context.Context, msgs []Message, suspects []
 
 type refusalFinder struct {
 	ctx         context.Context
-	probe       *kgo.Client
+	probe       *producer
 	msgs        []Message
 	errs        []error
 	attempts    map[int]int // failed sends of each suspect
@@ -203,7 +280,7 @@ func (f *refusalFinder) split(failed []int) bool {
 
 // send sends group and settles it, and reports whether the search may go on.
 func (f *refusalFinder) send(group []int) bool {
-	produce(f.ctx, f.probe, f.msgs, group, f.errs)
+	f.probe.produce(f.ctx, f.msgs, group, f.errs)
 	failedAt := time.Now()
 	var failed []int
 	goOn := true
@@ -280,6 +357,6 @@ func (s *KafkaSink) createMissingTopics(ctx context.Context, msgs []Message) map
 
 // Close implements Sink.
 func (s *KafkaSink) Close() {
-	s.client.Close()
-	s.probe.Close()
+	s.producer.client.Close()
+	s.probe.client.Close()
 }

@@ -1,0 +1,253 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// The sections of the suite, in the order they run; -only selects some.
+const (
+	sectionRaw     = "raw"
+	sectionDrain   = "drain"
+	sectionLatency = "latency"
+	sectionWrite   = "write"
+	sectionScaling = "scaling"
+)
+
+var allSections = []string{sectionRaw, sectionDrain, sectionLatency, sectionWrite, sectionScaling}
+
+// config is the suite's settings, read once from the flags.
+type config struct {
+	AdminURL    string        `json:"-"` // may hold a password
+	Database    string        `json:"database"`
+	Sections    []string      `json:"sections"`
+	Quick       bool          `json:"quick"`
+	ReportPath  string        `json:"report"`
+	Events      int           `json:"events"`
+	BatchSize   int           `json:"batch_size"`
+	Partitions  int           `json:"partitions"`
+	ShipperEnv  []string      `json:"shipper_env,omitempty"`
+	Timeout     jsonDuration  `json:"timeout"`
+	Latency     latencyConfig `json:"latency"`
+	Write       writeConfig   `json:"write_path"`
+	Scaling     scalingConfig `json:"scaling"`
+	Compression []string      `json:"compression_codecs"`
+	CPUProfile  string        `json:"cpu_profile,omitempty"`
+
+	args     []string        // as given, for the report
+	flagsSet map[string]bool // the flags given explicitly, which -quick leaves alone
+}
+
+type latencyConfig struct {
+	Rate     int          `json:"rate"`
+	Duration jsonDuration `json:"duration"`
+	Writers  int          `json:"writers"`
+}
+
+type writeConfig struct {
+	Clients  int          `json:"clients"`
+	Duration jsonDuration `json:"duration"`
+	Rounds   int          `json:"rounds"`
+}
+
+type scalingConfig struct {
+	BatchSizes []int `json:"batch_sizes"`
+	EventSizes []int `json:"event_sizes"`
+	MaxMB      int   `json:"max_mb_per_run"`
+}
+
+// jsonDuration is a time.Duration that reads as "30s" in the JSON report.
+type jsonDuration time.Duration
+
+func (d jsonDuration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+func parseConfig(args []string, stderr io.Writer) (*config, error) {
+	cfg := &config{args: args}
+	var only, batchSizes, eventSizes, codecs string
+	var timeout, latencyDuration, writeDuration time.Duration
+
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, "Usage: go run ./script/bench [flags]\n\n"+
+			"Benchmarks pg2kafka against the local Postgres and a dev broker it starts itself;\n"+
+			"prints a markdown table to stdout and writes a JSON report. Sections: "+strings.Join(allSections, ", ")+".\n\n")
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&cfg.AdminURL, "admin-url", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable", "Postgres `URL` of a database from which the benchmark database can be created and dropped")
+	fs.StringVar(&cfg.Database, "db", "pg2kafka_bench", "`name` of the database the benchmark creates, uses and drops")
+	fs.StringVar(&only, "only", "", "comma-separated `sections` to run (default: all): "+strings.Join(allSections, ","))
+	fs.BoolVar(&cfg.Quick, "quick", false, "shrink every size and duration (flags given explicitly still win) so the suite runs in about a minute")
+	fs.StringVar(&cfg.ReportPath, "report", "bench-report.json", "`file` to write the JSON report to")
+	fs.IntVar(&cfg.Events, "events", 1_000_000, "events queued for the raw drain, the drain and the batch-size scaling runs")
+	fs.IntVar(&cfg.BatchSize, "batch", 1000, "batch size of the raw drain and of pg2kafka (BATCH_SIZE)")
+	fs.IntVar(&cfg.Partitions, "partitions", 6, "partitions of the dev broker's topics")
+	fs.Func("shipper-env", "`KEY=VALUE` setting given to every pg2kafka run, e.g. POLL_INTERVAL=5ms; repeatable", func(v string) error {
+		cfg.ShipperEnv = append(cfg.ShipperEnv, v)
+		return nil
+	})
+	fs.DurationVar(&timeout, "timeout", 10*time.Minute, "longest wait for one drain, or for the latency run's records, before giving up")
+	fs.IntVar(&cfg.Latency.Rate, "latency-rate", 5000, "commits per second of the latency run's writer")
+	fs.DurationVar(&latencyDuration, "latency-duration", 30*time.Second, "length of the latency run")
+	fs.IntVar(&cfg.Latency.Writers, "latency-writers", 16, "connections the latency run's writer commits through")
+	fs.IntVar(&cfg.Write.Clients, "write-clients", 8, "concurrent clients of the write-path runs")
+	fs.DurationVar(&writeDuration, "write-duration", 10*time.Second, "length of each write-path run")
+	fs.IntVar(&cfg.Write.Rounds, "write-rounds", 3, "rounds of the three write-path runs, interleaved; the median of each is reported")
+	fs.StringVar(&batchSizes, "batch-sizes", "500,1000,5000", "comma-separated batch sizes of the scaling section")
+	fs.StringVar(&eventSizes, "event-sizes", "200,2048,20480", "comma-separated event sizes in bytes of the scaling section")
+	fs.IntVar(&cfg.Scaling.MaxMB, "scale-mb", 200, "most megabytes of event data one event-size scaling run moves (fewer events for bigger ones)")
+	fs.StringVar(&codecs, "compression-codecs", "none,snappy,lz4,zstd", "codecs to drain with, each a full drain of -events, if pg2kafka has a compression setting")
+	fs.StringVar(&cfg.CPUProfile, "cpuprofile", "", "after the drain section, drain once more through a pg2kafka with a pprof endpoint and write its CPU profile to `file`")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments %q (see -help)", fs.Args())
+	}
+	cfg.flagsSet = make(map[string]bool)
+	fs.Visit(func(f *flag.Flag) { cfg.flagsSet[f.Name] = true })
+
+	if cfg.Quick {
+		cfg.quicken(&timeout, &latencyDuration, &writeDuration)
+	}
+	cfg.Timeout = jsonDuration(timeout)
+	cfg.Latency.Duration = jsonDuration(latencyDuration)
+	cfg.Write.Duration = jsonDuration(writeDuration)
+
+	var err error
+	if cfg.Sections, err = parseSections(only); err != nil {
+		return nil, err
+	}
+	if cfg.Scaling.BatchSizes, err = parseInts("-batch-sizes", batchSizes); err != nil {
+		return nil, err
+	}
+	if cfg.Scaling.EventSizes, err = parseInts("-event-sizes", eventSizes); err != nil {
+		return nil, err
+	}
+	cfg.Compression = splitList(codecs)
+	return cfg, cfg.validate()
+}
+
+// quicken shrinks the settings not given explicitly.
+func (c *config) quicken(timeout, latencyDuration, writeDuration *time.Duration) {
+	set := func(name string, apply func()) {
+		if !c.flagsSet[name] {
+			apply()
+		}
+	}
+	set("events", func() { c.Events = 50_000 })
+	set("timeout", func() { *timeout = 2 * time.Minute })
+	set("latency-duration", func() { *latencyDuration = 5 * time.Second })
+	set("write-duration", func() { *writeDuration = 5 * time.Second })
+	set("write-rounds", func() { c.Write.Rounds = 1 })
+	set("scale-mb", func() { c.Scaling.MaxMB = 10 })
+}
+
+var (
+	databaseName = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
+	envName      = regexp.MustCompile(`^[A-Z_][A-Z0-9_]*$`)
+)
+
+// benchOwnedEnv are the pg2kafka settings the benchmark decides: where
+// events go, and so where they are counted.
+var benchOwnedEnv = []string{"DATABASE_URL", "KAFKA_PRODUCER_URL", "KAFKA_BROKER", "TOPIC_NAMESPACE", "DRY_RUN", "BATCH_SIZE"}
+
+func (c *config) validate() error {
+	positive := []struct {
+		name  string
+		value int
+	}{
+		{"-events", c.Events},
+		{"-batch", c.BatchSize},
+		{"-partitions", c.Partitions},
+		{"-latency-rate", c.Latency.Rate},
+		{"-latency-writers", c.Latency.Writers},
+		{"-write-clients", c.Write.Clients},
+		{"-write-rounds", c.Write.Rounds},
+		{"-scale-mb", c.Scaling.MaxMB},
+	}
+	for _, p := range positive {
+		if p.value < 1 {
+			return fmt.Errorf("%s %d: must be at least 1", p.name, p.value)
+		}
+	}
+	if !databaseName.MatchString(c.Database) {
+		// The name also names the topics, so it is kept to what needs no quoting anywhere.
+		return fmt.Errorf("-db %q: must be lower-case letters, digits and underscores, not starting with a digit", c.Database)
+	}
+	if c.Timeout <= 0 || c.Latency.Duration <= 0 || c.Write.Duration <= 0 {
+		return errors.New("-timeout, -latency-duration and -write-duration must be positive")
+	}
+	for _, kv := range c.ShipperEnv {
+		key, _, ok := strings.Cut(kv, "=")
+		if !ok || !envName.MatchString(key) {
+			return fmt.Errorf("-shipper-env %q: want KEY=VALUE, e.g. POLL_INTERVAL=5ms", kv)
+		}
+		if slices.Contains(benchOwnedEnv, key) {
+			return fmt.Errorf("-shipper-env %q: the benchmark sets %s itself", kv, key)
+		}
+	}
+	return nil
+}
+
+func (c *config) runs(section string) bool { return slices.Contains(c.Sections, section) }
+
+// commandLine is the exact command that ran, for the report.
+func (c *config) commandLine() string {
+	parts := []string{"go", "run", "./script/bench"}
+	for _, a := range c.args {
+		if strings.ContainsAny(a, " \t\"'$&;|<>*?") {
+			a = strconv.Quote(a)
+		}
+		parts = append(parts, a)
+	}
+	return strings.Join(parts, " ")
+}
+
+func parseSections(only string) ([]string, error) {
+	if only == "" {
+		return allSections, nil
+	}
+	var sections []string
+	for _, s := range splitList(only) {
+		if !slices.Contains(allSections, s) {
+			return nil, fmt.Errorf("-only: unknown section %q; want some of %s", s, strings.Join(allSections, ","))
+		}
+		sections = append(sections, s)
+	}
+	// Sections run in their fixed order whatever order -only names them in.
+	slices.SortFunc(sections, func(a, b string) int {
+		return slices.Index(allSections, a) - slices.Index(allSections, b)
+	})
+	return slices.Compact(sections), nil
+}
+
+func parseInts(name, list string) ([]int, error) {
+	var out []int
+	for _, s := range splitList(list) {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("%s: %q is not a positive whole number", name, s)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// splitList turns "a, b,,c" into [a b c].
+func splitList(s string) []string {
+	var out []string
+	for part := range strings.SplitSeq(s, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			out = append(out, part)
+		}
+	}
+	return out
+}

@@ -1,0 +1,336 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"golang.org/x/sync/errgroup"
+)
+
+// latencyResult is section 3: events committed at a fixed rate while
+// pg2kafka runs, each timed from its commit to its arrival at a consumer.
+type latencyResult struct {
+	TargetRate   int     `json:"target_rate"`
+	Writers      int     `json:"writers"`
+	Committed    int     `json:"committed"`
+	WriteSeconds float64 `json:"write_seconds"`
+	AchievedRate float64 `json:"achieved_rate"`
+	Received     int     `json:"received"`
+	Missing      int     `json:"missing"` // committed, not arrived within -timeout
+	P50Ms        float64 `json:"p50_ms"`
+	P99Ms        float64 `json:"p99_ms"`
+	MaxMs        float64 `json:"max_ms"`
+	// MaxDepth is the most events queued at a once-a-second sample;
+	// EndDepth those queued when the writer stopped.
+	MaxDepth int64 `json:"max_queue_depth"`
+	EndDepth int64 `json:"end_queue_depth"`
+}
+
+const insertLatencySQL = `INSERT INTO bench_latency (id, customer, status, payload) VALUES ($1, $2, 'pending', $3)`
+
+// probeID is the row written, and awaited, before the timed run, so that
+// neither pg2kafka's start nor the consumer's is timed.
+const probeID = 0
+
+func (b *bench) runLatency(ctx context.Context) error {
+	cfg := b.cfg.Latency
+	total := int(float64(cfg.Rate) * time.Duration(cfg.Duration).Seconds())
+	if err := truncate(ctx, b.pool, latencyTable, "pg2kafka.outbound_event_queue"); err != nil {
+		return err
+	}
+	topic := b.topic(latencyTable)
+	if err := b.createTopic(ctx, topic); err != nil {
+		return err
+	}
+
+	// Every time is taken as time.Since(base), on the monotonic clock.
+	base := time.Now()
+	consumer, err := startArrivals(ctx, b.broker, topic, total, base)
+	if err != nil {
+		return err
+	}
+	defer consumer.stop()
+	shipper, err := b.startShipper(b.bin.pg2kafka, b.cfg.BatchSize)
+	if err != nil {
+		return err
+	}
+	defer func() { _, _ = shipper.Stop(stopTimeout) }() // for early returns; the normal path checks it
+	if err := b.warmUp(ctx, consumer); err != nil {
+		return err
+	}
+
+	sampler := sampleDepth(ctx, b.pool, time.Second)
+	defer sampler.stop()
+	b.log.Info("writing at a fixed rate", "rate", cfg.Rate, "duration", time.Duration(cfg.Duration), "writers", cfg.Writers)
+	commits, writeTime, err := b.writeAtRate(ctx, total, base)
+	if err != nil {
+		return err
+	}
+	endDepth, err := queueDepth(ctx, b.pool)
+	if err != nil {
+		return err
+	}
+	consumer.waitFor(ctx, total, time.Duration(b.cfg.Timeout))
+	maxDepth := sampler.stop()
+	if _, err := shipper.Stop(stopTimeout); err != nil {
+		return err
+	}
+
+	r := latencyResult{
+		TargetRate:   cfg.Rate,
+		Writers:      cfg.Writers,
+		Committed:    total,
+		WriteSeconds: writeTime.Seconds(),
+		AchievedRate: float64(total) / writeTime.Seconds(),
+		MaxDepth:     max(maxDepth, endDepth),
+		EndDepth:     endDepth,
+	}
+	r.addLatencies(commits, consumer.stop())
+	b.report.Latency = &r
+	b.log.Info("latency", "p50_ms", r.P50Ms, "p99_ms", r.P99Ms, "max_ms", r.MaxMs, "achieved_rate", int(r.AchievedRate), "max_queue_depth", r.MaxDepth, "missing", r.Missing)
+	return nil
+}
+
+// addLatencies sums up arrival minus commit of rows 1..len-1, both indexed
+// by row id; a zero arrival is a row that did not arrive.
+func (r *latencyResult) addLatencies(commits, arrivals []time.Duration) {
+	var latencies []time.Duration
+	for id := 1; id < len(commits); id++ {
+		if arrivals[id] == 0 {
+			r.Missing++
+			continue
+		}
+		latencies = append(latencies, arrivals[id]-commits[id])
+	}
+	r.Received = len(latencies)
+	r.P50Ms, r.P99Ms, r.MaxMs = percentileMs(latencies, 50), percentileMs(latencies, 99), percentileMs(latencies, 100)
+}
+
+// createTopic creates topic up front, so that the consumer finds it at once
+// instead of at its next metadata refresh.
+func (b *bench) createTopic(ctx context.Context, topic string) error {
+	_, err := b.kafka.CreateTopic(ctx, int32(b.cfg.Partitions), 1, nil, topic)
+	if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
+		return fmt.Errorf("create topic %s: %w", topic, err)
+	}
+	return nil
+}
+
+// warmUp commits the probe row and waits for it to arrive.
+func (b *bench) warmUp(ctx context.Context, consumer *arrivals) error {
+	if _, err := b.pool.Exec(ctx, insertLatencySQL, probeID, "probe", "probe"); err != nil {
+		return fmt.Errorf("write the probe row: %w", err)
+	}
+	select {
+	case <-consumer.probe:
+		return nil
+	case <-time.After(30 * time.Second):
+		return errors.New("the probe row did not reach the consumer within 30s")
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// writeAtRate commits rows 1..total, one per transaction, through
+// -latency-writers connections paced together: row i is not written before
+// start + i/rate, so a writer that falls behind is caught up by the others.
+// It returns when each row's commit returned, indexed by row id, and how long
+// the writing took.
+func (b *bench) writeAtRate(ctx context.Context, total int, base time.Time) ([]time.Duration, time.Duration, error) {
+	cfg := b.cfg.Latency
+	conns, release, err := acquire(ctx, b.pool, cfg.Writers)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer release()
+	payload := randomText(payloadLen(200))
+	interval := float64(time.Second) / float64(cfg.Rate)
+	commits := make([]time.Duration, total+1)
+	var next atomic.Int64
+
+	start := time.Now()
+	g, gctx := errgroup.WithContext(ctx)
+	for _, conn := range conns {
+		g.Go(func() error {
+			for {
+				slot := next.Add(1) - 1
+				if slot >= int64(total) {
+					return nil
+				}
+				if err := sleepUntil(gctx, start.Add(time.Duration(float64(slot)*interval))); err != nil {
+					return err
+				}
+				id := slot + 1
+				if _, err := conn.Exec(gctx, insertLatencySQL, id, "customer-0001", payload); err != nil {
+					return fmt.Errorf("write row %d: %w", id, err)
+				}
+				commits[id] = time.Since(base) // each id is written by one goroutine only
+			}
+		})
+	}
+	err = g.Wait()
+	return commits, time.Since(start), err
+}
+
+// arrivals consumes a topic from its start and records when each row's event
+// arrived, by the row id in the event's data.
+type arrivals struct {
+	client   *kgo.Client
+	cancel   context.CancelFunc
+	done     chan struct{}
+	close    sync.Once
+	probe    chan struct{} // closed when the probe row arrived
+	received atomic.Int64  // distinct rows 1..total arrived
+	// at is indexed by row id; only the consuming goroutine writes it, and
+	// it is read once that goroutine has ended.
+	at []time.Duration
+}
+
+func startArrivals(ctx context.Context, broker, topic string, total int, base time.Time) (*arrivals, error) {
+	client, err := kgo.NewClient(
+		kgo.SeedBrokers(broker),
+		kgo.ConsumeTopics(topic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.FetchMaxWait(100*time.Millisecond),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("kafka consumer: %w", err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	a := &arrivals{
+		client: client,
+		cancel: cancel,
+		done:   make(chan struct{}),
+		probe:  make(chan struct{}),
+		at:     make([]time.Duration, total+1),
+	}
+	go a.consume(ctx, base)
+	return a, nil
+}
+
+func (a *arrivals) consume(ctx context.Context, base time.Time) {
+	defer close(a.done)
+	probed := false
+	for {
+		fetches := a.client.PollFetches(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		now := time.Since(base)
+		fetches.EachRecord(func(r *kgo.Record) {
+			var event struct {
+				Data struct {
+					ID int64 `json:"id"`
+				} `json:"data"`
+			}
+			if json.Unmarshal(r.Value, &event) != nil {
+				return
+			}
+			switch id := event.Data.ID; {
+			case id == probeID && !probed:
+				probed = true
+				close(a.probe)
+			case id >= 1 && id < int64(len(a.at)) && a.at[id] == 0:
+				a.at[id] = now
+				a.received.Add(1)
+			}
+		})
+	}
+}
+
+// waitFor waits until n rows have arrived, or for at most timeout.
+func (a *arrivals) waitFor(ctx context.Context, n int, timeout time.Duration) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for a.received.Load() < int64(n) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// stop ends the consumer and returns the arrival times by row id, zero for
+// rows that did not arrive. It may be called more than once.
+func (a *arrivals) stop() []time.Duration {
+	a.cancel()
+	<-a.done
+	a.close.Do(a.client.Close)
+	return a.at
+}
+
+// depthSampler counts the queue every interval and keeps the largest count.
+type depthSampler struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+	max    int64
+}
+
+func sampleDepth(ctx context.Context, pool *pgxpool.Pool, every time.Duration) *depthSampler {
+	ctx, cancel := context.WithCancel(ctx)
+	s := &depthSampler{cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		tick := time.NewTicker(every)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			if n, err := queueDepth(ctx, pool); err == nil {
+				s.max = max(s.max, n)
+			}
+		}
+	}()
+	return s
+}
+
+// stop ends the sampling and returns the largest depth seen. It may be
+// called more than once.
+func (s *depthSampler) stop() int64 {
+	s.cancel()
+	<-s.done
+	return s.max
+}
+
+// percentileMs returns the p-th percentile (nearest rank) of ds in
+// milliseconds, 0 if ds is empty; 100 is the maximum. ds is sorted in place.
+func percentileMs(ds []time.Duration, p float64) float64 {
+	if len(ds) == 0 {
+		return 0
+	}
+	slices.Sort(ds)
+	i := max(0, int(math.Ceil(p/100*float64(len(ds))))-1)
+	return float64(ds[i]) / float64(time.Millisecond)
+}
+
+// sleepUntil waits until t or until ctx ends.
+func sleepUntil(ctx context.Context, t time.Time) error {
+	d := time.Until(t)
+	if d <= 0 {
+		return ctx.Err()
+	}
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-timer.C:
+		return nil
+	}
+}

@@ -1,0 +1,255 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// The issue's targets.
+const (
+	targetDrainRate  = 100_000 // events/s
+	targetDrainVsRaw = 0.70
+	targetP99Ms      = 25
+	targetRateShare  = 0.95 // of the latency run's target rate
+	targetCvsA       = 0.75
+	targetCvsB       = 0.95
+	targetPeakRSS    = 64 << 20 // bytes
+)
+
+// report is everything measured, written as JSON and summed up as a table.
+type report struct {
+	Command   string         `json:"command"`
+	Started   time.Time      `json:"started"`
+	Machine   machine        `json:"machine"`
+	Config    *config        `json:"config"`
+	Raw       []rawResult    `json:"raw_drain,omitempty"`
+	Drain     *drainSection  `json:"drain,omitempty"`
+	Latency   *latencyResult `json:"latency,omitempty"`
+	WritePath *writeResult   `json:"write_path,omitempty"`
+	Scaling   []drainResult  `json:"scaling,omitempty"`
+	Table     []row          `json:"table"`
+	Error     string         `json:"error,omitempty"`
+}
+
+type machine struct {
+	CPUs     int    `json:"cpus"`
+	CPUModel string `json:"cpu_model"`
+	OS       string `json:"os"`
+	Postgres string `json:"postgres"`
+	Go       string `json:"go"`
+	// LoadAverage is /proc/loadavg's 1, 5 and 15 minute figures at the
+	// start and at the end: other work on the machine skews every result.
+	LoadAverage [2]string `json:"load_average"`
+}
+
+// row is one line of the results table; Pass is nil for a measure with no
+// target.
+type row struct {
+	Measure string `json:"measure"`
+	Value   string `json:"value"`
+	Target  string `json:"target,omitempty"`
+	Pass    *bool  `json:"pass,omitempty"`
+}
+
+func newReport(cfg *config) *report {
+	return &report{
+		Command: cfg.commandLine(),
+		Started: time.Now().UTC().Truncate(time.Second),
+		Config:  cfg,
+		Machine: machine{
+			CPUs:     runtime.NumCPU(),
+			CPUModel: cpuModel(),
+			OS:       runtime.GOOS + "/" + runtime.GOARCH,
+			Go:       runtime.Version(),
+			// The end figure is read by finish.
+			LoadAverage: [2]string{loadAverage()},
+		},
+	}
+}
+
+// loadAverage reads the 1, 5 and 15 minute load averages.
+func loadAverage() string {
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	fields := strings.Fields(string(data))
+	if len(fields) < 3 {
+		return "unknown"
+	}
+	return strings.Join(fields[:3], " ")
+}
+
+// cpuModel reads the first model name in /proc/cpuinfo.
+func cpuModel() string {
+	f, err := os.Open("/proc/cpuinfo")
+	if err != nil {
+		return "unknown"
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if key, value, ok := strings.Cut(sc.Text(), ":"); ok && strings.TrimSpace(key) == "model name" {
+			return strings.TrimSpace(value)
+		}
+	}
+	return "unknown"
+}
+
+// finish builds the table from the results and records err, if any.
+func (r *report) finish(err error) {
+	r.Machine.LoadAverage[1] = loadAverage()
+	r.Table = r.rows()
+	if err != nil {
+		r.Error = err.Error()
+	}
+}
+
+func (r *report) rows() []row {
+	var rows []row
+	for _, raw := range r.Raw {
+		label := fmt.Sprintf("raw drain, %d worker(s), batch %d", raw.Workers, raw.BatchSize)
+		if raw.Workers > 1 {
+			label += " (stretch)"
+		}
+		rows = append(rows, row{Measure: label, Value: perSec(raw.EventsPerSec, "events")})
+	}
+	if d := r.Drain; d != nil {
+		rows = append(rows,
+			check(fmt.Sprintf("drain through pg2kafka, %s × %d B, batch %d", thousands(d.Events), d.EventBytes, d.BatchSize),
+				perSec(d.EventsPerSec, "events"), "≥ "+thousands(targetDrainRate)+" events/s", d.EventsPerSec >= targetDrainRate))
+		if d.VsRawDrain > 0 {
+			rows = append(rows, check("drain ÷ raw drain (1 worker)", percent(d.VsRawDrain), "≥ "+percent(targetDrainVsRaw), d.VsRawDrain >= targetDrainVsRaw))
+		}
+		rows = append(rows,
+			check(fmt.Sprintf("pg2kafka peak RSS, drain of %s", thousands(d.Events)),
+				megabytes(d.PeakRSSBytes), "≤ "+megabytes(targetPeakRSS), d.PeakRSSBytes <= targetPeakRSS),
+			row{Measure: fmt.Sprintf("pg2kafka CPU time, drain of %s", thousands(d.Events)),
+				Value: fmt.Sprintf("%.1f s (%s of one core)", d.CPUSeconds, percent(d.CPUSeconds/d.Seconds))})
+		for _, c := range d.Compression {
+			rows = append(rows, row{Measure: "drain with " + c.Compression, Value: perSec(c.EventsPerSec, "events")})
+		}
+		if d.CompressionNote != "" {
+			rows = append(rows, row{Measure: "drain by compression codec", Value: d.CompressionNote})
+		}
+	}
+	if l := r.Latency; l != nil {
+		rows = append(rows,
+			check(fmt.Sprintf("commit→consumer latency p50 / p99 / max at %s/s", thousands(l.TargetRate)),
+				fmt.Sprintf("%.1f / %.1f / %.1f ms", l.P50Ms, l.P99Ms, l.MaxMs),
+				fmt.Sprintf("p99 ≤ %d ms", targetP99Ms), l.P99Ms <= targetP99Ms && l.Missing == 0),
+			check("achieved write rate", perSec(l.AchievedRate, "commits"),
+				"≥ "+percent(targetRateShare)+" of "+thousands(l.TargetRate)+"/s", l.AchievedRate >= targetRateShare*float64(l.TargetRate)),
+			check("queue depth, max / at end of writing", thousands(l.MaxDepth)+" / "+thousands(l.EndDepth),
+				"max ≤ 1 s of writes ("+thousands(l.TargetRate)+")", l.MaxDepth <= int64(l.TargetRate)),
+		)
+		if l.Missing > 0 {
+			rows = append(rows, row{Measure: "events not consumed within -timeout", Value: thousands(l.Missing)})
+		}
+	}
+	if w := r.WritePath; w != nil {
+		for _, v := range writeVariants {
+			rows = append(rows, row{
+				Measure: fmt.Sprintf("INSERT TPS (%s) %s, %d clients", v.key, v.label, w.Clients),
+				Value:   perSec(w.TPS[v.key], "tx") + fmt.Sprintf(" (median of %d)", len(w.Runs[v.key])),
+			})
+		}
+		rows = append(rows,
+			check("write path (c)/(a)", fmt.Sprintf("%.2f", w.CvsA), fmt.Sprintf("≥ %.2f", targetCvsA), w.CvsA >= targetCvsA),
+			check("write path (c)/(b)", fmt.Sprintf("%.2f", w.CvsB), fmt.Sprintf("≥ %.2f", targetCvsB), w.CvsB >= targetCvsB),
+		)
+	}
+	for _, s := range r.Scaling {
+		rows = append(rows, row{
+			Measure: fmt.Sprintf("scaling: drain %s × %s, batch %d", thousands(s.Events), bytesLabel(s.EventBytes), s.BatchSize),
+			Value:   perSec(s.EventsPerSec, "events") + fmt.Sprintf(", %.1f MB/s", s.MBPerSec),
+		})
+	}
+	return rows
+}
+
+func check(measure, value, target string, pass bool) row {
+	return row{Measure: measure, Value: value, Target: target, Pass: &pass}
+}
+
+// writeMarkdown prints the machine, the command and the results table.
+func (r *report) writeMarkdown(w io.Writer) {
+	fmt.Fprintf(w, "## pg2kafka benchmark\n\n")
+	fmt.Fprintf(w, "- Machine: %d × %s, %s\n", r.Machine.CPUs, r.Machine.CPUModel, r.Machine.OS)
+	fmt.Fprintf(w, "- Postgres: %s\n", r.Machine.Postgres)
+	fmt.Fprintf(w, "- Go: %s\n", r.Machine.Go)
+	fmt.Fprintf(w, "- Load average (1, 5, 15 min): %s at the start, %s at the end\n", r.Machine.LoadAverage[0], r.Machine.LoadAverage[1])
+	fmt.Fprintf(w, "- Command: `%s`\n\n", r.Command)
+	fmt.Fprintln(w, "| Measure | Value | Target | Result |")
+	fmt.Fprintln(w, "|---|---|---|---|")
+	for _, row := range r.Table {
+		result, target := "", row.Target
+		if target == "" {
+			target = "—"
+		}
+		switch {
+		case row.Pass == nil:
+			result = "—"
+		case *row.Pass:
+			result = "pass"
+		default:
+			result = "**fail**"
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s |\n", row.Measure, row.Value, target, result)
+	}
+	if r.Error != "" {
+		fmt.Fprintf(w, "\nThe run stopped early: %s\n", r.Error)
+	}
+}
+
+// writeJSON writes the report to path.
+func (r *report) writeJSON(path string) error {
+	data, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(path, append(data, '\n'), 0o644); err != nil {
+		return fmt.Errorf("write the report: %w", err)
+	}
+	return nil
+}
+
+func perSec(rate float64, unit string) string {
+	return thousands(int64(rate+0.5)) + " " + unit + "/s"
+}
+
+func percent(f float64) string { return fmt.Sprintf("%.0f%%", 100*f) }
+
+func megabytes(b int64) string { return fmt.Sprintf("%.1f MB", float64(b)/(1<<20)) }
+
+func bytesLabel(n int) string {
+	if n >= 1024 && n%1024 == 0 {
+		return strconv.Itoa(n/1024) + " KiB"
+	}
+	return strconv.Itoa(n) + " B"
+}
+
+// thousands formats n with commas between groups of three digits.
+func thousands[T int | int64](n T) string {
+	s := strconv.FormatInt(int64(n), 10)
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	var b strings.Builder
+	if neg {
+		b.WriteByte('-')
+	}
+	for i, c := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
+}

@@ -174,7 +174,7 @@ WITH claimed AS (
 DELETE FROM pg2kafka.outbound_event_queue AS q
 USING claimed
 WHERE q.id = claimed.id
-RETURNING q.id, q.uuid, q.external_id, q.table_schema, q.table_name, q.statement, q.data, q.created_at`
+RETURNING q.id, q.uuid, q.external_id, q.table_schema, q.table_name, q.statement, q.data, q.created_at, q.old, q.topic`
 
 const deleteSQL = `DELETE FROM pg2kafka.outbound_event_queue WHERE id = ANY($1)`
 

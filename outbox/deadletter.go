@@ -34,11 +34,11 @@ WITH moved AS (
         AS f(id, error, attempts, first_failed_at, last_failed_at)
     WHERE q.id = f.id
     RETURNING q.id, q.uuid, q.external_id, q.table_schema, q.table_name, q.statement, q.data, q.created_at,
-              f.error, f.attempts, f.first_failed_at, f.last_failed_at
+              q.old, q.topic, f.error, f.attempts, f.first_failed_at, f.last_failed_at
 )
 INSERT INTO pg2kafka.dead_letter_events
     (id, uuid, external_id, table_schema, table_name, statement, data, created_at,
-     error, attempts, first_failed_at, last_failed_at)
+     old, topic, error, attempts, first_failed_at, last_failed_at)
 SELECT * FROM moved`
 
 // completeWithDeadLetters settles a batch some of whose events go to the

@@ -267,8 +267,10 @@ func TestMigrateDownRevokesShipperPrivileges(t *testing.T) {
 	if got := grantedTo(t, b.pool, "pg2kafka_shipper"); !reflect.DeepEqual(got, shipperPrivileges) {
 		t.Errorf("pg2kafka_shipper holds:\n got %q\nwant %q", got, shipperPrivileges)
 	}
-	if mayExecute(t, b.pool, "public", setupFn) {
-		t.Errorf("PUBLIC may call %s", setupFn)
+	// Migration 4 replaced setup() with one taking options.
+	const latestSetupFn = "pg2kafka.setup(regclass,text,text[],text[],boolean,text,text,boolean)"
+	if mayExecute(t, b.pool, "public", latestSetupFn) {
+		t.Errorf("PUBLIC may call %s", latestSetupFn)
 	}
 }
 

@@ -5,7 +5,6 @@ package outbox
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,20 +18,14 @@ import (
 
 // Event is one queued change, as the trigger or setup() wrote it.
 type Event struct {
-	ID          int64           `db:"id"`
-	UUID        uuid.UUID       `db:"uuid"`
-	ExternalID  *string         `db:"external_id"`
-	TableSchema string          `db:"table_schema"`
-	TableName   string          `db:"table_name"`
-	Statement   string          `db:"statement"`
-	Data        json.RawMessage `db:"data"`
-	CreatedAt   time.Time       `db:"created_at"`
-	// Old is what the row held before an UPDATE or DELETE, for tables set up
-	// with include_old; nil otherwise.
-	Old json.RawMessage `db:"old"`
-	// Topic is the topic setup(topic => …) chose for the table; nil for the
-	// default name.
-	Topic *string `db:"topic"`
+	ID          int64     `db:"id"`
+	UUID        uuid.UUID `db:"uuid"`
+	ExternalID  *string   `db:"external_id"`
+	TableSchema string    `db:"table_schema"`
+	TableName   string    `db:"table_name"`
+	Statement   string    `db:"statement"`
+	Data        []byte    `db:"data"` // raw JSON, as Postgres printed it
+	CreatedAt   time.Time `db:"created_at"`
 }
 
 // Table names a tracked table as its events record it.

@@ -17,7 +17,7 @@ import (
 //
 // data is copied from Postgres as it came, only compacted (jsonb prints a
 // space after every colon and comma), never decoded.
-func appendEvent(dst []byte, e *outbox.Event) ([]byte, error) {
+func appendEvent(dst []byte, e *outbox.Event) []byte {
 	dst = append(dst, `{"uuid":"`...)
 	dst = append(dst, e.UUID.String()...)
 	dst = append(dst, `","external_id":`...)
@@ -29,14 +29,39 @@ func appendEvent(dst []byte, e *outbox.Event) ([]byte, error) {
 	dst = append(dst, `,"statement":`...)
 	dst = appendJSONString(dst, e.Statement)
 	dst = append(dst, `,"data":`...)
-	buf := bytes.NewBuffer(dst)
-	if err := json.Compact(buf, e.Data); err != nil {
-		return dst, fmt.Errorf("event %d: data is not valid JSON: %w", e.ID, err)
-	}
-	dst = buf.Bytes()
+	dst = appendCompactJSONB(dst, e.Data)
 	dst = append(dst, `,"created_at":"`...)
 	dst = e.CreatedAt.UTC().AppendFormat(dst, time.RFC3339Nano)
-	return append(dst, `"}`...), nil
+	return append(dst, `"}`...)
+}
+
+// appendCompactJSONB appends jsonb's text form without the space jsonb
+// prints after each colon and comma between tokens. That form is
+// Postgres' own output, always valid and otherwise without whitespace, so
+// this is all the compaction it needs; json.Compact would parse and check
+// every byte again, the largest cost of encoding an event.
+func appendCompactJSONB(dst, src []byte) []byte {
+	inString, escaped := false, false
+	for i := 0; i < len(src); i++ {
+		c := src[i]
+		switch {
+		case inString:
+			switch {
+			case escaped:
+				escaped = false
+			case c == '\\':
+				escaped = true
+			case c == '"':
+				inString = false
+			}
+		case c == '"':
+			inString = true
+		case c == ' ' && i > 0 && (src[i-1] == ',' || src[i-1] == ':'):
+			continue
+		}
+		dst = append(dst, c)
+	}
+	return dst
 }
 
 // appendJSONString appends s as a JSON string. Unlike json.Marshal it leaves

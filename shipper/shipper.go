@@ -24,6 +24,10 @@ type Config struct {
 	TopicNamespace string
 	// BatchSize is the most events claimed and sent at once. Default 1000.
 	BatchSize int
+	// BatchBytes bounds a batch's event data, by claiming fewer events when
+	// they are large, so that memory stays bounded whatever the rows hold.
+	// Default 4 MiB.
+	BatchBytes int
 	// Workers is how many batches are in flight at once, each from its own
 	// share of the lanes over its own connection. Default 2.
 	Workers int
@@ -50,6 +54,9 @@ func (c *Config) withDefaults() Config {
 	out := *c
 	if out.BatchSize <= 0 {
 		out.BatchSize = 1000
+	}
+	if out.BatchBytes <= 0 {
+		out.BatchBytes = 4 << 20
 	}
 	if out.Workers <= 0 {
 		out.Workers = 2
@@ -155,6 +162,9 @@ type worker struct {
 	// dbRetry backs off after database errors, which stop the worker.
 	dbRetry       retryState
 	lastRebalance time.Time
+	// eventBytes estimates an event's size, to keep batches under
+	// BatchBytes.
+	eventBytes float64
 	// balanced is false while the worker is owed lanes that others are
 	// releasing; it then rebalances on every step rather than every
 	// RebalanceInterval, so that handing lanes over takes milliseconds.
@@ -194,7 +204,7 @@ func (w *worker) step(ctx context.Context) (int, error) {
 // shipBatch ships one batch and returns how many events it claimed.
 func (w *worker) shipBatch(ctx context.Context) (int, error) {
 	claimStart := time.Now()
-	batch, err := w.claimer.Claim(ctx, w.cfg.BatchSize, w.pausedTables())
+	batch, err := w.claimer.Claim(ctx, w.batchLimit(), w.pausedTables())
 	if err != nil {
 		return 0, err
 	}
@@ -202,12 +212,9 @@ func (w *worker) shipBatch(ctx context.Context) (int, error) {
 	if len(batch.Events) == 0 {
 		return 0, batch.Rollback(ctx)
 	}
+	w.noteEventSizes(batch.Events)
 
-	msgs, ids, err := w.encode(batch.Events)
-	if err != nil {
-		_ = batch.Rollback(context.WithoutCancel(ctx))
-		return 0, err
-	}
+	msgs, ids := w.encode(batch.Events)
 
 	// The batch is sent even if shutdown begins meanwhile, so that what the
 	// destination acknowledges can still be deleted; but only for
@@ -262,12 +269,40 @@ func (w *worker) shipBatch(ctx context.Context) (int, error) {
 	return len(batch.Events), nil
 }
 
+// batchLimit is how many events to claim: BatchSize, or fewer if events of
+// the size seen lately would exceed BatchBytes.
+func (w *worker) batchLimit() int {
+	if w.eventBytes <= 0 {
+		return w.cfg.BatchSize
+	}
+	return max(1, min(w.cfg.BatchSize, int(float64(w.cfg.BatchBytes)/w.eventBytes)))
+}
+
+// noteEventSizes folds a batch's mean event size into the running estimate,
+// weighting the newest batch by a quarter.
+func (w *worker) noteEventSizes(events []outbox.Event) {
+	total := 0
+	for i := range events {
+		total += len(events[i].Data)
+	}
+	mean := float64(total)/float64(len(events)) + eventOverhead
+	if w.eventBytes == 0 {
+		w.eventBytes = mean
+	} else {
+		w.eventBytes = 0.75*w.eventBytes + 0.25*mean
+	}
+}
+
+// eventOverhead is roughly what an event costs beyond its data: the JSON
+// envelope, the key and the record.
+const eventOverhead = 200
+
 type failure struct {
 	err    error
 	events int
 }
 
-func (w *worker) encode(events []outbox.Event) ([]Message, []int64, error) {
+func (w *worker) encode(events []outbox.Event) ([]Message, []int64) {
 	size := 0
 	for i := range events {
 		size += len(events[i].Data) + 160
@@ -278,10 +313,7 @@ func (w *worker) encode(events []outbox.Event) ([]Message, []int64, error) {
 	for i := range events {
 		e := &events[i]
 		start := len(arena)
-		var err error
-		if arena, err = appendEvent(arena, e); err != nil {
-			return nil, nil, err
-		}
+		arena = appendEvent(arena, e)
 		msgs[i] = Message{
 			Topic:     w.topic(e.Table()),
 			Value:     arena[start:len(arena):len(arena)],
@@ -292,7 +324,7 @@ func (w *worker) encode(events []outbox.Event) ([]Message, []int64, error) {
 		}
 		ids[i] = e.ID
 	}
-	return msgs, ids, nil
+	return msgs, ids
 }
 
 func (w *worker) topic(t outbox.Table) string {

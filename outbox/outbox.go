@@ -5,6 +5,7 @@ package outbox
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -26,6 +27,12 @@ type Event struct {
 	Statement   string    `db:"statement"`
 	Data        []byte    `db:"data"` // raw JSON, as Postgres printed it
 	CreatedAt   time.Time `db:"created_at"`
+	// Old is what the row held before an UPDATE or DELETE, for tables set up
+	// with include_old; nil otherwise.
+	Old json.RawMessage `db:"old"`
+	// Topic is the topic setup(topic => …) chose for the table; nil for the
+	// default name.
+	Topic *string `db:"topic"`
 }
 
 // Table names a tracked table as its events record it.

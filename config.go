@@ -366,6 +366,12 @@ func printUsage(w io.Writer, all []setting) {
 	fmt.Fprint(w, `pg2kafka ships Postgres row changes to Kafka through a transactional outbox.
 
 Usage: pg2kafka [flags]
+       pg2kafka uninstall [flags]
+
+The first ships events; uninstall removes pg2kafka from the database
+(the pg2kafka schema, queued events included, and the trigger of every
+tracked table; the tables and their rows stay as they are) and needs
+only DATABASE_URL.
 
 Every setting is an environment variable or a flag; a flag wins.
 

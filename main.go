@@ -53,6 +53,9 @@ func exitCode(err error, stderr io.Writer) int {
 // run is pg2kafka from configuration to shutdown; it returns once ctx ends
 // and the batch in flight is settled.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "uninstall" {
+		return uninstall(ctx, args[1:], getenv, stdout, stderr)
+	}
 	cfg, err := parseConfig(args, getenv, stdout)
 	if err != nil {
 		return err
@@ -197,6 +200,28 @@ func readSettingFile(setting, path string) ([]byte, error) {
 		return nil, &configError{fmt.Sprintf("%s=%q: cannot read the file: %v", setting, path, err)}
 	}
 	return b, nil
+}
+
+// uninstall is pg2kafka uninstall: it removes pg2kafka from the database,
+// leaving the tracked tables as they are (see outbox.Uninstall). It takes
+// the settings pg2kafka does, of which it needs only DATABASE_URL.
+func uninstall(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	cfg, err := parseConfig(args, func(name string) string {
+		if name == "DRY_RUN" {
+			return "true" // so that no Kafka setting is asked for
+		}
+		return getenv(name)
+	}, stdout)
+	if err != nil {
+		return err
+	}
+	logger := newLogger(cfg, stderr, cfg.LogLevel)
+	pool, err := outbox.Connect(ctx, cfg.DatabaseURL, 0, logger)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	return outbox.Uninstall(ctx, pool, logger)
 }
 
 // compressionCodecs maps KAFKA_COMPRESSION's values to franz-go's codecs.

@@ -56,7 +56,8 @@ func TestLeastPrivilegedShipper(t *testing.T) {
 		}
 		want.WriteString(`{"topic":"pg2kafka.` + database + `.products","key":"CM01-R","value":{"uuid":"` + uuid +
 			`","external_id":"CM01-R","statement":"` + statement + `","data":` + compact.String() +
-			`,"created_at":"` + at.UTC().Format(time.RFC3339Nano) + `"}}` + "\n")
+			`,"created_at":"` + at.UTC().Format(time.RFC3339Nano) + `"},"headers":{"pg2kafka-event-id":"` + uuid +
+			`","pg2kafka-statement":"` + statement + `","pg2kafka-table":"public.products"}}` + "\n")
 		return nil
 	})
 	if err != nil {

@@ -129,10 +129,13 @@ func TestDryRunWritesEventsToStdoutAndDrainsTheQueue(t *testing.T) {
 
 	topic := "pg2kafka." + database + ".products"
 	at := func(i int) string { return times[i].UTC().Format(time.RFC3339Nano) }
+	headers := func(i int, statement string) string {
+		return `"headers":{"pg2kafka-event-id":"` + uuids[i] + `","pg2kafka-statement":"` + statement + `","pg2kafka-table":"public.products"}`
+	}
 	want := strings.Join([]string{
-		`{"topic":"` + topic + `","key":"CM01-R","value":{"uuid":"` + uuids[0] + `","external_id":"CM01-R","statement":"SNAPSHOT","data":{"sku":"CM01-R","name":"Red Mug"},"created_at":"` + at(0) + `"}}`,
-		`{"topic":"` + topic + `","key":"CM01-R","value":{"uuid":"` + uuids[1] + `","external_id":"CM01-R","statement":"UPDATE","data":{"name":"Big Red Coffee Mug <&>"},"created_at":"` + at(1) + `"}}`,
-		`{"topic":"` + topic + `","key":"CM01-R","value":{"uuid":"` + uuids[2] + `","external_id":"CM01-R","statement":"DELETE","data":{},"created_at":"` + at(2) + `"}}`,
+		`{"topic":"` + topic + `","key":"CM01-R","value":{"uuid":"` + uuids[0] + `","external_id":"CM01-R","statement":"SNAPSHOT","data":{"sku":"CM01-R","name":"Red Mug"},"created_at":"` + at(0) + `"},` + headers(0, "SNAPSHOT") + `}`,
+		`{"topic":"` + topic + `","key":"CM01-R","value":{"uuid":"` + uuids[1] + `","external_id":"CM01-R","statement":"UPDATE","data":{"name":"Big Red Coffee Mug <&>"},"created_at":"` + at(1) + `"},` + headers(1, "UPDATE") + `}`,
+		`{"topic":"` + topic + `","key":"CM01-R","value":{"uuid":"` + uuids[2] + `","external_id":"CM01-R","statement":"DELETE","data":{},"created_at":"` + at(2) + `"},` + headers(2, "DELETE") + `}`,
 	}, "\n") + "\n"
 	if got := stdout.String(); got != want {
 		t.Fatalf("stdout:\n%s\nwant:\n%s", got, want)

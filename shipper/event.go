@@ -15,8 +15,10 @@ import (
 //
 //	{"uuid":"…","external_id":"…","statement":"INSERT","data":{…},"created_at":"2017-11-02T16:15:13.94077Z"}
 //
-// data is copied from Postgres as it came, only compacted (jsonb prints a
-// space after every colon and comma), never decoded.
+// with "old":{…} after data for the UPDATE and DELETE events of a table set
+// up with include_old. data and old are copied from Postgres as they came,
+// only compacted (jsonb prints a space after every colon and comma), never
+// decoded. The uuid is at uuidOffset.
 func appendEvent(dst []byte, e *outbox.Event) []byte {
 	dst = append(dst, `{"uuid":"`...)
 	dst = append(dst, e.UUID.String()...)
@@ -30,9 +32,38 @@ func appendEvent(dst []byte, e *outbox.Event) []byte {
 	dst = appendJSONString(dst, e.Statement)
 	dst = append(dst, `,"data":`...)
 	dst = appendCompactJSONB(dst, e.Data)
+	if e.Old != nil {
+		dst = append(dst, `,"old":`...)
+		dst = appendCompactJSONB(dst, e.Old)
+	}
 	dst = append(dst, `,"created_at":"`...)
 	dst = e.CreatedAt.UTC().AppendFormat(dst, time.RFC3339Nano)
 	return append(dst, `"}`...)
+}
+
+// uuidOffset is where the event's uuid, 36 bytes of text, begins in what
+// appendEvent appends.
+const uuidOffset = len(`{"uuid":"`)
+
+// The headers of every record.
+const (
+	// HeaderEventID is the event's uuid, the same in every copy of the
+	// event that at-least-once delivery may produce.
+	HeaderEventID = "pg2kafka-event-id"
+	// HeaderStatement is INSERT, UPDATE, DELETE or SNAPSHOT.
+	HeaderStatement = "pg2kafka-statement"
+	// HeaderTable is the event's table as schema.table, the names as
+	// setup() recorded them, unquoted.
+	HeaderTable = "pg2kafka-table"
+)
+
+// statementValues are the values of HeaderStatement, shared by every
+// record rather than allocated for each.
+var statementValues = map[string][]byte{
+	"INSERT":   []byte("INSERT"),
+	"UPDATE":   []byte("UPDATE"),
+	"DELETE":   []byte("DELETE"),
+	"SNAPSHOT": []byte("SNAPSHOT"),
 }
 
 // appendCompactJSONB appends jsonb's text form without the space jsonb

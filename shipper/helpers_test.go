@@ -130,7 +130,17 @@ type consumed struct {
 	Offset    int64
 	Key       *string
 	Value     string
+	Headers   string // key:value, …
 	Timestamp time.Time
+}
+
+// headersText is how consumed shows a record's headers.
+func headersText(headers []kgo.RecordHeader) string {
+	var parts []string
+	for _, h := range headers {
+		parts = append(parts, h.Key+":"+string(h.Value))
+	}
+	return strings.Join(parts, ", ")
 }
 
 // consume reads topics from the start until n records have arrived, then
@@ -156,7 +166,7 @@ func (b *bundle) consume(n int, topics ...string) []consumed {
 		}
 		fetches.EachError(func(topic string, p int32, err error) { b.t.Logf("fetch %s/%d: %v", topic, p, err) })
 		fetches.EachRecord(func(r *kgo.Record) {
-			c := consumed{Topic: r.Topic, Partition: r.Partition, Offset: r.Offset, Value: string(r.Value), Timestamp: r.Timestamp}
+			c := consumed{Topic: r.Topic, Partition: r.Partition, Offset: r.Offset, Value: string(r.Value), Headers: headersText(r.Headers), Timestamp: r.Timestamp}
 			if r.Key != nil {
 				c.Key = ptr(string(r.Key))
 			}
@@ -254,12 +264,13 @@ func ptr[T any](v T) *T { return &v }
 type queuedEvent struct {
 	UUID      string
 	CreatedAt time.Time
+	Table     string // schema.table
 }
 
 // queuedEvents returns the queue's events in id order.
 func (b *bundle) queuedEvents() []queuedEvent {
 	b.t.Helper()
-	rows, err := b.pool.Query(context.Background(), `SELECT uuid::text, created_at FROM pg2kafka.outbound_event_queue ORDER BY id`)
+	rows, err := b.pool.Query(context.Background(), `SELECT uuid::text, created_at, table_schema || '.' || table_name FROM pg2kafka.outbound_event_queue ORDER BY id`)
 	if err != nil {
 		b.t.Fatal(err)
 	}
@@ -267,7 +278,7 @@ func (b *bundle) queuedEvents() []queuedEvent {
 	var out []queuedEvent
 	for rows.Next() {
 		var e queuedEvent
-		if err := rows.Scan(&e.UUID, &e.CreatedAt); err != nil {
+		if err := rows.Scan(&e.UUID, &e.CreatedAt, &e.Table); err != nil {
 			b.t.Fatal(err)
 		}
 		out = append(out, e)

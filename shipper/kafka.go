@@ -157,7 +157,7 @@ func (p *producer) produce(ctx context.Context, msgs []Message, which []int, err
 	results := make(chan produced, len(which)) // late promises never block
 	for _, i := range which {
 		m := &msgs[i]
-		record := &kgo.Record{Topic: m.Topic, Key: m.Key, Value: m.Value, Timestamp: m.Timestamp}
+		record := &kgo.Record{Topic: m.Topic, Key: m.Key, Value: m.Value, Headers: recordHeaders(m.Headers), Timestamp: m.Timestamp}
 		p.client.Produce(ctx, record, func(r *kgo.Record, err error) { results <- produced{i, err} })
 	}
 	settled := make(map[int]bool, len(which))
@@ -359,4 +359,16 @@ func (s *KafkaSink) createMissingTopics(ctx context.Context, msgs []Message) map
 func (s *KafkaSink) Close() {
 	s.producer.client.Close()
 	s.probe.client.Close()
+}
+
+// recordHeaders returns headers as franz-go's record headers.
+func recordHeaders(headers []Header) []kgo.RecordHeader {
+	if len(headers) == 0 {
+		return nil
+	}
+	out := make([]kgo.RecordHeader, len(headers))
+	for i, h := range headers {
+		out[i] = kgo.RecordHeader{Key: h.Key, Value: h.Value}
+	}
+	return out
 }

@@ -156,6 +156,8 @@ type worker struct {
 	logger  *slog.Logger
 
 	topics map[outbox.Table]string
+	// tableHeaders holds each table's HeaderTable value.
+	tableHeaders map[outbox.Table][]byte
 	// paused holds the tables whose last events failed, until their retry
 	// time: their events stay queued while other tables keep flowing.
 	paused map[outbox.Table]*retryState
@@ -248,7 +250,7 @@ func (w *worker) shipBatch(ctx context.Context) (int, error) {
 		t := batch.Events[i].Table()
 		f := failures[t]
 		if f.err == nil {
-			f.err = err
+			f.err, f.topic = err, msgs[i].Topic
 		}
 		f.events++
 		failures[t] = f
@@ -299,25 +301,38 @@ const eventOverhead = 200
 
 type failure struct {
 	err    error
+	topic  string
 	events int
 }
 
 func (w *worker) encode(events []outbox.Event) ([]Message, []int64) {
 	size := 0
 	for i := range events {
-		size += len(events[i].Data) + 160
+		size += len(events[i].Data) + len(events[i].Old) + 160
 	}
 	arena := make([]byte, 0, size)
 	msgs := make([]Message, len(events))
 	ids := make([]int64, len(events))
+	headers := make([]Header, 3*len(events))
 	for i := range events {
 		e := &events[i]
 		start := len(arena)
 		arena = appendEvent(arena, e)
+		value := arena[start:len(arena):len(arena)]
+		h := headers[3*i : 3*i+3 : 3*i+3]
+		h[0] = Header{HeaderEventID, value[uuidOffset : uuidOffset+36 : uuidOffset+36]}
+		h[1] = Header{HeaderStatement, statementValues[e.Statement]}
+		h[2] = Header{HeaderTable, w.tableHeader(e.Table())}
 		msgs[i] = Message{
 			Topic:     w.topic(e.Table()),
-			Value:     arena[start:len(arena):len(arena)],
+			Value:     value,
+			Headers:   h,
 			Timestamp: e.CreatedAt,
+		}
+		// A topic chosen in setup() travels with the event, so that
+		// changing it does not move events already queued.
+		if e.Topic != nil {
+			msgs[i].Topic = *e.Topic
 		}
 		if e.ExternalID != nil {
 			msgs[i].Key = []byte(*e.ExternalID)
@@ -325,6 +340,18 @@ func (w *worker) encode(events []outbox.Event) ([]Message, []int64) {
 		ids[i] = e.ID
 	}
 	return msgs, ids
+}
+
+func (w *worker) tableHeader(t outbox.Table) []byte {
+	h, ok := w.tableHeaders[t]
+	if !ok {
+		if w.tableHeaders == nil {
+			w.tableHeaders = make(map[outbox.Table][]byte)
+		}
+		h = []byte(t.Schema + "." + t.Name)
+		w.tableHeaders[t] = h
+	}
+	return h
 }
 
 func (w *worker) topic(t outbox.Table) string {
@@ -381,7 +408,7 @@ func (w *worker) noteResults(events []outbox.Event, errs []error, failures map[o
 		delay := r.fail()
 		w.logger.Error("events not shipped; they stay queued and will be retried",
 			slog.String("table", t.Schema+"."+t.Name),
-			slog.String("topic", w.topic(t)),
+			slog.String("topic", f.topic),
 			slog.Int("events", f.events),
 			slog.Duration("retry_in", delay),
 			slog.Any("error", f.err))

@@ -25,12 +25,29 @@ type change struct {
 	data      string
 }
 
+// changeWithOld is a change whose event carries "old", from a table set up
+// with include_old.
+type changeWithOld struct {
+	change
+	old string // "" for none
+}
+
 // expect pairs the queued events, in id order, with the changes the test
 // says they are, and returns the exact records a consumer must see, grouped
 // by topic, partition and key, each group in the order the partition must
 // hold it. Order is promised per key: different keys of a partition may
 // interleave in any way.
 func (b *bundle) expect(partitions int, changes ...change) map[string][]consumed {
+	b.t.Helper()
+	withOld := make([]changeWithOld, len(changes))
+	for i, c := range changes {
+		withOld[i] = changeWithOld{change: c}
+	}
+	return b.expectWithOld(partitions, withOld...)
+}
+
+// expectWithOld is expect for changes that may carry "old".
+func (b *bundle) expectWithOld(partitions int, changes ...changeWithOld) map[string][]consumed {
 	b.t.Helper()
 	events := b.queuedEvents()
 	if len(events) != len(changes) {
@@ -45,11 +62,17 @@ func (b *bundle) expect(partitions int, changes ...change) map[string][]consumed
 			externalID = strconv.Quote(*c.key)
 			partition = javaPartition(*c.key, partitions)
 		}
-		value := fmt.Sprintf(`{"uuid":%q,"external_id":%s,"statement":%q,"data":%s,"created_at":%q}`,
-			e.UUID, externalID, c.statement, c.data, e.CreatedAt.UTC().Format(time.RFC3339Nano))
+		old := ""
+		if c.old != "" {
+			old = `,"old":` + c.old
+		}
+		value := fmt.Sprintf(`{"uuid":%q,"external_id":%s,"statement":%q,"data":%s%s,"created_at":%q}`,
+			e.UUID, externalID, c.statement, c.data, old, e.CreatedAt.UTC().Format(time.RFC3339Nano))
+		headers := fmt.Sprintf("pg2kafka-event-id:%s, pg2kafka-statement:%s, pg2kafka-table:%s", e.UUID, c.statement, e.Table)
 		k := groupKey(c.topic, partition, c.key)
 		// Kafka keeps record timestamps in milliseconds.
-		want[k] = append(want[k], consumed{Topic: c.topic, Partition: partition, Offset: int64(len(want[k])), Key: c.key, Value: value, Timestamp: e.CreatedAt.Truncate(time.Millisecond)})
+		want[k] = append(want[k], consumed{Topic: c.topic, Partition: partition, Offset: int64(len(want[k])), Key: c.key, Value: value,
+			Headers: headers, Timestamp: e.CreatedAt.Truncate(time.Millisecond)})
 	}
 	return want
 }

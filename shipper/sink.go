@@ -9,9 +9,18 @@ import (
 type Message struct {
 	Topic string
 	// Key is the event's external ID; nil when the external ID is null.
-	Key       []byte
-	Value     []byte
+	Key   []byte
+	Value []byte
+	// Headers name the event, its statement and its table, so that a
+	// consumer can deduplicate and route without parsing Value.
+	Headers   []Header
 	Timestamp time.Time
+}
+
+// Header is a record header.
+type Header struct {
+	Key   string
+	Value []byte
 }
 
 // Sink is a destination for events: Kafka, or stdout for a dry run.

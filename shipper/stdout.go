@@ -9,7 +9,7 @@ import (
 // WriterSink writes each message as one JSON line to a writer, for
 // DRY_RUN=true:
 //
-//	{"topic":"pg2kafka.shop.products","key":"CM01-R","value":{…event…}}
+//	{"topic":"pg2kafka.shop.products","key":"CM01-R","value":{…event…},"headers":{"pg2kafka-event-id":"…",…}}
 //
 // A message counts as delivered once its line is written.
 type WriterSink struct {
@@ -43,6 +43,18 @@ func (s *WriterSink) Send(ctx context.Context, msgs []Message) []error {
 		}
 		b = append(b, `,"value":`...)
 		b = append(b, m.Value...)
+		if len(m.Headers) > 0 {
+			b = append(b, `,"headers":{`...)
+			for j, h := range m.Headers {
+				if j > 0 {
+					b = append(b, ',')
+				}
+				b = appendJSONString(b, h.Key)
+				b = append(b, ':')
+				b = appendJSONString(b, string(h.Value))
+			}
+			b = append(b, '}')
+		}
 		b = append(b, "}\n"...)
 	}
 	s.buf = b

@@ -8,6 +8,7 @@ import (
 	"slices"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -176,6 +177,17 @@ USING claimed
 WHERE q.id = claimed.id
 RETURNING q.id, q.uuid, q.external_id, q.table_schema, q.table_name, q.statement, q.data, q.created_at, q.old, q.topic`
 
+// scanEvent scans a row of claimSQL's RETURNING list, in its order. It is
+// written out, rather than left to pgx.RowToStructByName, because it runs
+// for every event and the reflection cost a quarter of the shipper's CPU.
+func scanEvent(row pgx.CollectableRow) (Event, error) {
+	var e Event
+	var id pgtype.UUID
+	err := row.Scan(&e.ID, &id, &e.ExternalID, &e.TableSchema, &e.TableName, &e.Statement, &e.Data, &e.CreatedAt, &e.Old, &e.Topic)
+	e.UUID = id.Bytes
+	return e, err
+}
+
 const deleteSQL = `DELETE FROM pg2kafka.outbound_event_queue WHERE id = ANY($1)`
 
 // Batch is a claimed set of events, in id order. Until Complete or Rollback,
@@ -212,7 +224,7 @@ func (c *Claimer) Claim(ctx context.Context, limit int, except []Table) (*Batch,
 	rows, err := tx.Query(ctx, claimSQL, limit, lanes, schemas, names)
 	var events []Event
 	if err == nil {
-		events, err = pgx.CollectRows(rows, pgx.RowToStructByName[Event])
+		events, err = pgx.CollectRows(rows, scanEvent)
 	}
 	if err != nil {
 		_ = tx.Rollback(context.WithoutCancel(ctx))

@@ -2,6 +2,7 @@ package shipper
 
 import (
 	"bytes"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"hash/fnv"
@@ -21,7 +22,7 @@ import (
 // decoded. The uuid is at uuidOffset.
 func appendEvent(dst []byte, e *outbox.Event) []byte {
 	dst = append(dst, `{"uuid":"`...)
-	dst = append(dst, e.UUID.String()...)
+	dst = appendUUID(dst, e.UUID)
 	dst = append(dst, `","external_id":`...)
 	if e.ExternalID == nil {
 		dst = append(dst, "null"...)
@@ -70,29 +71,48 @@ var statementValues = map[string][]byte{
 // prints after each colon and comma between tokens. That form is
 // Postgres' own output, always valid and otherwise without whitespace, so
 // this is all the compaction it needs; json.Compact would parse and check
-// every byte again, the largest cost of encoding an event.
+// every byte again, the largest cost of encoding an event. Strings, most of
+// the bytes, are skipped whole.
 func appendCompactJSONB(dst, src []byte) []byte {
-	inString, escaped := false, false
+	start := 0
 	for i := 0; i < len(src); i++ {
-		c := src[i]
-		switch {
-		case inString:
-			switch {
-			case escaped:
-				escaped = false
-			case c == '\\':
-				escaped = true
-			case c == '"':
-				inString = false
+		switch src[i] {
+		case '"':
+			for {
+				j := bytes.IndexAny(src[i+1:], `"\`)
+				if j < 0 {
+					return append(dst, src[start:]...)
+				}
+				i += 1 + j
+				if src[i] == '"' {
+					break
+				}
+				i++ // the escaped character
 			}
-		case c == '"':
-			inString = true
-		case c == ' ' && i > 0 && (src[i-1] == ',' || src[i-1] == ':'):
-			continue
+		case ',', ':':
+			if i+1 < len(src) && src[i+1] == ' ' {
+				dst = append(dst, src[start:i+1]...)
+				i++
+				start = i + 1
+			}
 		}
-		dst = append(dst, c)
 	}
-	return dst
+	return append(dst, src[start:]...)
+}
+
+// appendUUID appends u in its canonical 8-4-4-4-12 hex form.
+func appendUUID(dst []byte, u [16]byte) []byte {
+	var buf [36]byte
+	hex.Encode(buf[0:8], u[0:4])
+	buf[8] = '-'
+	hex.Encode(buf[9:13], u[4:6])
+	buf[13] = '-'
+	hex.Encode(buf[14:18], u[6:8])
+	buf[18] = '-'
+	hex.Encode(buf[19:23], u[8:10])
+	buf[23] = '-'
+	hex.Encode(buf[24:], u[10:])
+	return append(dst, buf[:]...)
 }
 
 // appendJSONString appends s as a JSON string. Unlike json.Marshal it leaves

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"testing"
+
+	"github.com/google/uuid"
 )
 
 // jsonbStyle spaces compact JSON the way Postgres prints jsonb: one space
@@ -59,4 +61,14 @@ func FuzzAppendCompactJSONB(f *testing.F) {
 			t.Fatalf("appendCompactJSONB(%s) = %s, want %s", spaced, got, want.Bytes())
 		}
 	})
+}
+
+func TestAppendUUID(t *testing.T) {
+	t.Parallel()
+	for range 100 {
+		u := uuid.New()
+		if got := appendUUID(nil, u); string(got) != u.String() {
+			t.Fatalf("appendUUID = %s, want %s", got, u)
+		}
+	}
 }

@@ -72,7 +72,11 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 			if r.Key != nil {
 				key = fmt.Sprintf("%q", r.Key)
 			}
-			fmt.Fprintf(stdout, "%s[%d]@%d key=%s %s\n", r.Topic, r.Partition, r.Offset, key, r.Value)
+			var headers []string
+			for _, h := range r.Headers {
+				headers = append(headers, h.Key+"="+string(h.Value))
+			}
+			fmt.Fprintf(stdout, "%s[%d]@%d key=%s headers=[%s]\n  %s\n", r.Topic, r.Partition, r.Offset, key, strings.Join(headers, " "), r.Value)
 		})
 	}
 	return nil

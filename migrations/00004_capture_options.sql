@@ -366,11 +366,14 @@ BEGIN
     -- One trigger whatever the options, replaced in place when they change.
     -- CREATE OR REPLACE TRIGGER (Postgres 14) takes the same SHARE ROW
     -- EXCLUSIVE lock as CREATE TRIGGER; DROP TRIGGER, before it, takes an
-    -- ACCESS EXCLUSIVE lock, which holds readers too until commit.
+    -- ACCESS EXCLUSIVE lock, which holds readers too until commit, so it is
+    -- used only to change options.
     IF current_setting('server_version_num')::integer >= 140000 THEN
         trigger_sql := 'CREATE OR REPLACE TRIGGER';
     ELSE
-        EXECUTE format('DROP TRIGGER IF EXISTS pg2kafka_enqueue_event ON %s', table_name);
+        IF NOT first_time THEN
+            EXECUTE format('DROP TRIGGER IF EXISTS pg2kafka_enqueue_event ON %s', table_name);
+        END IF;
         trigger_sql := 'CREATE TRIGGER';
     END IF;
     trigger_sql := format('%s pg2kafka_enqueue_event AFTER %s ON %s FOR EACH ROW ', trigger_sql, array_to_string(ops, ' OR '), table_name);

@@ -1,12 +1,16 @@
 package outbox_test
 
 import (
+	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pg2kafka/pg2kafka/outbox"
 )
 
 // The bad input catalogue: each case either fails with a clear error or has
@@ -275,4 +279,138 @@ func TestBadInputDropTrackedTable(t *testing.T) {
 	if n := b.triggers(t, "products"); n != 0 {
 		t.Errorf("new products has %d pg2kafka triggers, want 0", n)
 	}
+}
+
+// TRUNCATE fires no row triggers: its rows would leave no DELETE events. A
+// tracked table refuses it, naming the way out; once torn down, the table
+// can be truncated again, and that ships nothing.
+func TestBadInputTruncateRefused(t *testing.T) {
+	t.Parallel()
+	b := setup(t, productsSQL, `CREATE SCHEMA "Sales"`, `CREATE TABLE "Sales"."Order Items" ("SKU" text, qty int)`,
+		`SELECT pg2kafka.setup('products', 'sku')`,
+		`SELECT pg2kafka.setup('"Sales"."Order Items"', 'SKU')`,
+		`INSERT INTO products VALUES (1, 'A1', 'Widget', 9.5)`,
+	)
+	tests := []struct {
+		name  string
+		sql   string
+		table string
+		fix   string
+	}{
+		{"plain", `TRUNCATE products`, "public.products", "DELETE FROM public.products"},
+		{"quoted", `TRUNCATE "Sales"."Order Items"`, `"Sales"."Order Items"`, `DELETE FROM "Sales"."Order Items"`},
+		{"with another table", `TRUNCATE "Sales"."Order Items", products CASCADE`, `"Sales"."Order Items"`, `DELETE FROM "Sales"."Order Items"`},
+	}
+	t.Run("cases", func(t *testing.T) {
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				t.Parallel()
+				_, err := b.pool.Exec(b.ctx, tt.sql)
+				requirePgError(t, err, pgconn.PgError{
+					Code:    "55000",
+					Message: "pg2kafka: TRUNCATE of tracked table " + tt.table + " is refused: it would remove rows without DELETE events",
+					Hint: "Use " + tt.fix + ", which ships a DELETE event per row, or stop tracking the table first with SELECT pg2kafka.teardown('" +
+						strings.ReplaceAll(tt.table, "'", "''") + "').",
+				})
+			})
+		}
+	})
+	// Refused under the replica role too.
+	err := pgx.BeginFunc(b.ctx, b.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(b.ctx, `SET LOCAL session_replication_role = replica`); err != nil {
+			return err
+		}
+		_, err := tx.Exec(b.ctx, `TRUNCATE products`)
+		return err
+	})
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "55000" {
+		t.Errorf("TRUNCATE under replica role: err = %v, want the refusal", err)
+	}
+	b.exec(t, `DELETE FROM products`)
+	b.requireQueue(t,
+		queued{ptr("A1"), "public", "products", "INSERT", `{"id": 1, "sku": "A1", "name": "Widget", "price": 9.5}`},
+		queued{ptr("A1"), "public", "products", "DELETE", `{}`},
+	)
+
+	b.exec(t, `SELECT pg2kafka.teardown('products')`,
+		`INSERT INTO products VALUES (2, 'B2', 'Gadget', 1)`,
+		`TRUNCATE products`)
+	if n := b.count(t, `SELECT count(*) FROM pg_trigger WHERE tgrelid = 'products'::regclass`); n != 0 {
+		t.Errorf("products has %d triggers after teardown, want 0", n)
+	}
+	if n := b.count(t, `SELECT count(*) FROM pg2kafka.outbound_event_queue`); n != 2 {
+		t.Errorf("queue holds %d events, want the 2 from before teardown", n)
+	}
+}
+
+// Ordinary triggers do not fire under session_replication_role = replica
+// (pg_restore --disable-triggers, logical replication's apply workers): a
+// tracked table's triggers are ENABLE ALWAYS, so those writes ship too.
+func TestBadInputReplicaRoleStillCaptured(t *testing.T) {
+	t.Parallel()
+	b := setup(t, productsSQL,
+		`SELECT pg2kafka.setup('products', 'sku')`,
+		// Changed options replace the trigger, which must stay ALWAYS.
+		`SELECT pg2kafka.setup('products', 'sku', operations => '{INSERT,UPDATE}')`,
+	)
+	err := pgx.BeginFunc(b.ctx, b.pool, func(tx pgx.Tx) error {
+		for _, sql := range []string{
+			`SET LOCAL session_replication_role = replica`,
+			`INSERT INTO products VALUES (1, 'A1', 'Widget', 9.5)`,
+			`UPDATE products SET price = 10`,
+		} {
+			if _, err := tx.Exec(b.ctx, sql); err != nil {
+				return fmt.Errorf("%s: %w", sql, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.requireQueue(t,
+		queued{ptr("A1"), "public", "products", "INSERT", `{"id": 1, "sku": "A1", "name": "Widget", "price": 9.5}`},
+		queued{ptr("A1"), "public", "products", "UPDATE", `{"price": 10}`},
+	)
+	requireTriggerStates(t, b, "products", "pg2kafka_enqueue_event A", "pg2kafka_refuse_truncate A")
+}
+
+// requireTriggerStates fails the test unless the table's triggers are want,
+// each "name tgenabled", by name.
+func requireTriggerStates(t *testing.T, b *bundle, table string, want ...string) {
+	t.Helper()
+	rows, _ := b.pool.Query(b.ctx, `SELECT tgname || ' ' || tgenabled::text FROM pg_trigger WHERE tgrelid = $1::regclass ORDER BY tgname`, table)
+	got, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("%s triggers = %q, want %q", table, got, want)
+	}
+}
+
+// Migration 5 guards the tables tracked before it, and its Down takes the
+// guards away and sets the triggers back to plain ENABLE.
+func TestBadInputGuardMigration(t *testing.T) {
+	t.Parallel()
+	b := setup(t, productsSQL)
+	if err := outbox.MigrateDownTo(b.ctx, b.pool, 4); err != nil {
+		t.Fatal(err)
+	}
+	b.exec(t, `SELECT pg2kafka.setup('products', 'sku')`)
+	requireTriggerStates(t, b, "products", "pg2kafka_enqueue_event O")
+
+	if err := outbox.Migrate(b.ctx, b.pool, slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatal(err)
+	}
+	requireTriggerStates(t, b, "products", "pg2kafka_enqueue_event A", "pg2kafka_refuse_truncate A")
+	if _, err := b.pool.Exec(b.ctx, `TRUNCATE products`); err == nil {
+		t.Error("TRUNCATE of a table tracked before migration 5 succeeded, want it refused")
+	}
+
+	if err := outbox.MigrateDownTo(b.ctx, b.pool, 4); err != nil {
+		t.Fatal(err)
+	}
+	requireTriggerStates(t, b, "products", "pg2kafka_enqueue_event O")
 }

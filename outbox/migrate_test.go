@@ -54,7 +54,8 @@ func (l *migrationLog) logger() *slog.Logger {
 const appliedAll = "level=INFO msg=\"applied migration\" version=1 file=00001_outbox.sql\n" +
 	"level=INFO msg=\"applied migration\" version=2 file=00002_shipper_role.sql\n" +
 	"level=INFO msg=\"applied migration\" version=3 file=00003_dead_letter.sql\n" +
-	"level=INFO msg=\"applied migration\" version=4 file=00004_capture_options.sql\n"
+	"level=INFO msg=\"applied migration\" version=4 file=00004_capture_options.sql\n" +
+	"level=INFO msg=\"applied migration\" version=5 file=00005_truncate_guard.sql\n"
 
 type gooseVersion struct {
 	VersionID int64 `db:"version_id"`
@@ -63,7 +64,7 @@ type gooseVersion struct {
 
 // allVersions is what Goose's version table holds once every migration is
 // applied.
-var allVersions = []gooseVersion{{0, true}, {1, true}, {2, true}, {3, true}, {4, true}}
+var allVersions = []gooseVersion{{0, true}, {1, true}, {2, true}, {3, true}, {4, true}, {5, true}}
 
 // requireVersions fails the test unless Goose's version table holds want.
 func requireVersions(t *testing.T, ctx context.Context, pool *pgxpool.Pool, want ...gooseVersion) {
@@ -108,9 +109,13 @@ var latestObjects = []string{
 	"function pg2kafka.enqueue_event()",
 	"function pg2kafka.enqueue_snapshot(pg2kafka.tracked_tables,text[],jsonb,jsonb)",
 	"function pg2kafka.grant_shipper_privileges()",
+	"function pg2kafka.guard(regclass)",
+	"function pg2kafka.refuse_truncate()",
 	"function pg2kafka.requeue_dead_letters(bigint[])",
 	"function pg2kafka.setup(regclass,text,text[],text[],boolean,text,text,boolean)",
+	"function pg2kafka.setup_capture(regclass,text,text[],text[],boolean,text,text,boolean)",
 	"function pg2kafka.teardown(regclass,boolean)",
+	"function pg2kafka.teardown_capture(regclass,boolean)",
 	"i backfills_pkey",
 	"i dead_letter_events_pkey",
 	"i outbound_event_queue_pkey",

@@ -93,7 +93,7 @@ func TestSetupWithoutOptionsShowsDefaults(t *testing.T) {
 
 	b.requireOptions(t, "orders", trackedOptions{ExternalIDColumn: "customer", Operations: allOperations})
 	var args int
-	if err := b.pool.QueryRow(b.ctx, `SELECT tgnargs FROM pg_trigger WHERE tgrelid = 'orders'::regclass`).Scan(&args); err != nil || args != 3 {
+	if err := b.pool.QueryRow(b.ctx, `SELECT tgnargs FROM pg_trigger WHERE tgrelid = 'orders'::regclass AND tgname = 'pg2kafka_enqueue_event'`).Scan(&args); err != nil || args != 3 {
 		t.Errorf("trigger has %d arguments (err %v), want version 1's 3", args, err)
 	}
 }
@@ -458,8 +458,8 @@ func TestSetupReconfigures(t *testing.T) {
 	if got := noticeTexts(*notices); !reflect.DeepEqual(got, want) {
 		t.Errorf("notices:\n got %q\nwant %q", got, want)
 	}
-	if n := b.count(t, `SELECT count(*) FROM pg_trigger WHERE tgrelid = 'orders'::regclass`); n != 1 {
-		t.Errorf("orders has %d triggers, want 1", n)
+	if n := b.count(t, `SELECT count(*) FROM pg_trigger WHERE tgrelid = 'orders'::regclass`); n != 2 {
+		t.Errorf("orders has %d triggers, want 2 (the capture and the TRUNCATE guard)", n)
 	}
 	b.requireOptions(t, "orders", trackedOptions{ExternalIDColumn: "id", Operations: allOperations})
 }

@@ -36,8 +36,8 @@ func TestUninstallLeavesNothingBehind(t *testing.T) {
 		`DROP TABLE gone`,
 	)
 	b.exec(t, `CALL pg2kafka.backfill('products')`)
-	if n := b.userTriggers(t); n != 3 {
-		t.Fatalf("%d triggers on user tables before uninstalling, want 3", n)
+	if n := b.userTriggers(t); n != 6 {
+		t.Fatalf("%d triggers on user tables before uninstalling, want 6 (3 capture, 3 TRUNCATE guards)", n)
 	}
 	var logs bytes.Buffer
 	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{ReplaceAttr: dropTime}))

@@ -47,6 +47,14 @@ func (b *bundle) snapshots(t *testing.T) (events, keys int) {
 	return events, keys
 }
 
+// waitUntilBlocked waits until the session of conn waits for a lock. (By
+// its pid: pg_stat_activity shows the sessions of every test's database.)
+func (b *bundle) waitUntilBlocked(t *testing.T, conn *pgx.Conn) {
+	t.Helper()
+	waitForCount(t, b, `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid = `+
+		strconv.Itoa(int(conn.PgConn().PID())), 1)
+}
+
 const itemsSQL = `CREATE TABLE items (id int PRIMARY KEY, v text)`
 
 func TestBackfillSnapshotsInChunks(t *testing.T) {
@@ -120,9 +128,9 @@ func TestBackfillResumesAfterCrash(t *testing.T) {
 		_, err := conn.Exec(context.Background(), `CALL pg2kafka.backfill('items', 50)`)
 		done <- err
 	}()
-	waitForCount(t, b, `SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'CALL pg2kafka.backfill%' AND wait_event_type = 'Lock'`, 1)
+	b.waitUntilBlocked(t, conn)
 
-	b.exec(t, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'CALL pg2kafka.backfill%'`)
+	b.exec(t, `SELECT pg_terminate_backend(`+strconv.Itoa(int(conn.PgConn().PID()))+`)`)
 	if err := <-done; err == nil {
 		t.Fatal("the killed backfill returned no error")
 	}
@@ -170,7 +178,7 @@ func TestBackfillSnapshotIsNeverStale(t *testing.T) {
 		_, err := conn.Exec(context.Background(), `CALL pg2kafka.backfill('items')`)
 		done <- err
 	}()
-	waitForCount(t, b, `SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'CALL pg2kafka.backfill%' AND wait_event_type = 'Lock'`, 1)
+	b.waitUntilBlocked(t, conn)
 
 	if err := writer.Commit(b.ctx); err != nil {
 		t.Fatal(err)
@@ -212,7 +220,7 @@ func TestBackfillChunkHoldsWritersOfItsRows(t *testing.T) {
 		_, err := writer.Exec(context.Background(), `UPDATE items SET v = 'new' WHERE id = 2`)
 		updated <- err
 	}()
-	waitForCount(t, b, `SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'UPDATE items%' AND wait_event_type = 'Lock'`, 1)
+	b.waitUntilBlocked(t, writer)
 
 	if err := chunk.Commit(b.ctx); err != nil {
 		t.Fatal(err)

@@ -113,7 +113,7 @@ func settings() []setting {
 				c.KafkaTopicReplicationFactor = int16(n)
 				return nil
 			}},
-		{env: []string{"BATCH_SIZE"}, flag: "batch-size", def: "1000",
+		{env: []string{"BATCH_SIZE"}, flag: "batch-size", def: "5000",
 			help: "Most events claimed and sent at once (1 to 100000).",
 			parse: func(c *Config, v string) error {
 				n, err := strconv.Atoi(v)
@@ -133,7 +133,7 @@ func settings() []setting {
 				c.Workers = n
 				return nil
 			}},
-		{env: []string{"KAFKA_COMPRESSION"}, flag: "kafka-compression", def: "snappy",
+		{env: []string{"KAFKA_COMPRESSION"}, flag: "kafka-compression", def: "lz4",
 			help: "Compression of produced batches: none, gzip, snappy, lz4 or zstd.",
 			parse: func(c *Config, v string) error {
 				if _, ok := compressionCodecs[v]; !ok {

@@ -22,7 +22,7 @@ type Config struct {
 	Database string
 	// TopicNamespace, if set, is inserted after "pg2kafka." in every topic.
 	TopicNamespace string
-	// BatchSize is the most events claimed and sent at once. Default 1000.
+	// BatchSize is the most events claimed and sent at once. Default 5000.
 	BatchSize int
 	// BatchBytes bounds a batch's event data, by claiming fewer events when
 	// they are large, so that memory stays bounded whatever the rows hold.
@@ -53,7 +53,7 @@ type Config struct {
 func (c *Config) withDefaults() Config {
 	out := *c
 	if out.BatchSize <= 0 {
-		out.BatchSize = 1000
+		out.BatchSize = 5000
 	}
 	if out.BatchBytes <= 0 {
 		out.BatchBytes = 4 << 20
@@ -274,10 +274,13 @@ func (w *worker) shipBatch(ctx context.Context) (int, error) {
 // batchLimit is how many events to claim: BatchSize, or fewer if events of
 // the size seen lately would exceed BatchBytes.
 func (w *worker) batchLimit() int {
-	if w.eventBytes <= 0 {
-		return w.cfg.BatchSize
+	size := w.eventBytes
+	if size <= 0 {
+		// Nothing seen yet: assume events are large, so that a first batch
+		// of large ones cannot overshoot; a few batches teach the truth.
+		size = firstGuessEventBytes
 	}
-	return max(1, min(w.cfg.BatchSize, int(float64(w.cfg.BatchBytes)/w.eventBytes)))
+	return max(1, min(w.cfg.BatchSize, int(float64(w.cfg.BatchBytes)/size)))
 }
 
 // noteEventSizes folds a batch's mean event size into the running estimate,
@@ -294,6 +297,9 @@ func (w *worker) noteEventSizes(events []outbox.Event) {
 		w.eventBytes = 0.75*w.eventBytes + 0.25*mean
 	}
 }
+
+// firstGuessEventBytes is the event size assumed before any is seen.
+const firstGuessEventBytes = 16 << 10
 
 // eventOverhead is roughly what an event costs beyond its data: the JSON
 // envelope, the key and the record.

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -27,7 +28,15 @@ import (
 	"github.com/pg2kafka/pg2kafka/shipper"
 )
 
+// softMemoryLimit keeps the heap near the batches in flight; without it the
+// garbage collector lets the heap grow to twice the live data before it
+// collects. GOMEMLIMIT, when set, wins.
+const softMemoryLimit = 40 << 20
+
 func main() {
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(softMemoryLimit)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 	stop()

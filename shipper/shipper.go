@@ -31,9 +31,9 @@ type Config struct {
 	// Workers is how many batches are in flight at once, each from its own
 	// share of the lanes over its own connection. Default 2.
 	Workers int
-	// PollInterval is how long a worker waits before looking again when it
-	// found its lanes empty; after any event it looks again at once.
-	// Default 50ms.
+	// PollInterval is the longest a worker waits before looking again when
+	// it found its lanes empty: the wait starts at 2ms and doubles while they
+	// stay empty. After any event it looks again at once. Default 50ms.
 	PollInterval time.Duration
 	// RebalanceInterval is how often a worker checks that it owns its fair
 	// share of the lanes, which is also how soon the lanes of a shipper that
@@ -174,8 +174,15 @@ type worker struct {
 	deadLettered *atomic.Int64
 }
 
+// minPollInterval is the first wait after a claim finds nothing. The waits
+// double while claims keep finding nothing, up to PollInterval: under steady
+// traffic a lane is only briefly empty and its next events wait milliseconds,
+// while an idle queue is polled every PollInterval.
+const minPollInterval = 2 * time.Millisecond
+
 func (w *worker) run(ctx context.Context) {
 	defer w.claimer.Close(context.WithoutCancel(ctx))
+	idle := minPollInterval
 	for ctx.Err() == nil {
 		claimed, err := w.step(ctx)
 		switch {
@@ -185,7 +192,10 @@ func (w *worker) run(ctx context.Context) {
 			w.logger.Error("shipping stopped by a database error; retrying", slog.Any("error", err), slog.Duration("retry_in", delay))
 			sleep(ctx, delay)
 		case claimed == 0:
-			sleep(ctx, w.cfg.PollInterval)
+			sleep(ctx, min(idle, w.cfg.PollInterval))
+			idle = min(2*idle, w.cfg.PollInterval)
+		default:
+			idle = minPollInterval
 		}
 	}
 }

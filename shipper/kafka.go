@@ -71,9 +71,6 @@ func NewKafkaSink(cfg KafkaConfig, opts ...kgo.Opt) (*KafkaSink, error) {
 	}, nil
 }
 
-// Client returns the franz-go client, for health checks and tests.
-func (s *KafkaSink) Client() *kgo.Client { return s.producer.client }
-
 // Send implements Sink. Records are produced all at once and awaited
 // together; each result is matched to its message through the record's
 // promise, since franz-go settles them in completion order. Records Kafka

@@ -197,8 +197,6 @@ func (c *config) validate() error {
 	return nil
 }
 
-func (c *config) runs(section string) bool { return slices.Contains(c.Sections, section) }
-
 // commandLine is the exact command that ran, for the report.
 func (c *config) commandLine() string {
 	parts := []string{"go", "run", "./script/bench"}

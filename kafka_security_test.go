@@ -231,7 +231,7 @@ type record struct {
 func (w *kafkaWorld) expectedRecords() []record {
 	w.t.Helper()
 	rows, err := w.pool.Query(context.Background(), `
-		SELECT uuid::text, external_id, statement, data::text, created_at
+		SELECT coalesce(uuid, pg2kafka.event_uuid(id, created_at))::text AS uuid, external_id, statement, data::text, created_at
 		FROM pg2kafka.outbound_event_queue ORDER BY id`)
 	if err != nil {
 		w.t.Fatal(err)

@@ -45,7 +45,7 @@ func TestLeastPrivilegedShipper(t *testing.T) {
 	}
 	var want strings.Builder
 	rows, _ := pool.Query(t.Context(), `
-		SELECT current_database(), uuid::text, statement, data::text, created_at
+		SELECT current_database(), coalesce(uuid, pg2kafka.event_uuid(id, created_at))::text AS uuid, statement, data::text, created_at
 		FROM pg2kafka.outbound_event_queue ORDER BY id`)
 	var database, uuid, statement, data string
 	var at time.Time

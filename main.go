@@ -96,6 +96,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			return err
 		}
 	}
+	if err := outbox.CheckSchema(ctx, pool); err != nil {
+		return err
+	}
 	database, err := outbox.CurrentDatabase(ctx, pool)
 	if err != nil {
 		return err

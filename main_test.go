@@ -97,7 +97,7 @@ func TestDryRunWritesEventsToStdoutAndDrainsTheQueue(t *testing.T) {
 		`DELETE FROM products`,
 	)
 	var database string
-	rows, err := pool.Query(context.Background(), `SELECT current_database(), uuid::text, created_at FROM pg2kafka.outbound_event_queue ORDER BY id`)
+	rows, err := pool.Query(context.Background(), `SELECT current_database(), coalesce(uuid, pg2kafka.event_uuid(id, created_at))::text AS uuid, created_at FROM pg2kafka.outbound_event_queue ORDER BY id`)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -48,6 +48,7 @@ type Claimer struct {
 	logger     *slog.Logger
 	conn       *pgx.Conn
 	lanes      []int32 // owned, ascending
+	uuids      eventUUIDs
 }
 
 // NewClaimer returns a claimer for q; it connects on first use.
@@ -86,6 +87,10 @@ func (c *Claimer) connect(ctx context.Context) error {
 	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1, pg_backend_pid())`, memberLockKey); err != nil {
 		_ = conn.Close(ctx)
 		return fmt.Errorf("outbox: join the shippers: %w", err)
+	}
+	if err := c.uuids.load(ctx, conn); err != nil {
+		_ = conn.Close(ctx)
+		return err
 	}
 	c.conn = conn
 	return nil
@@ -177,14 +182,19 @@ USING claimed
 WHERE q.id = claimed.id
 RETURNING q.id, q.uuid, q.external_id, q.table_schema, q.table_name, q.statement, q.data, q.created_at, q.old, q.topic`
 
-// scanEvent scans a row of claimSQL's RETURNING list, in its order. It is
-// written out, rather than left to pgx.RowToStructByName, because it runs
-// for every event and the reflection cost a quarter of the shipper's CPU.
-func scanEvent(row pgx.CollectableRow) (Event, error) {
+// scanEvent scans a row of claimSQL's RETURNING list, in its order, and
+// gives an event queued without a uuid its derived one. It is written out,
+// rather than left to pgx.RowToStructByName, because it runs for every event
+// and the reflection cost a quarter of the shipper's CPU.
+func (c *Claimer) scanEvent(row pgx.CollectableRow) (Event, error) {
 	var e Event
 	var id pgtype.UUID
 	err := row.Scan(&e.ID, &id, &e.ExternalID, &e.TableSchema, &e.TableName, &e.Statement, &e.Data, &e.CreatedAt, &e.Old, &e.Topic)
-	e.UUID = id.Bytes
+	if id.Valid {
+		e.UUID = id.Bytes
+	} else {
+		e.UUID = c.uuids.derive(e.ID, e.CreatedAt)
+	}
 	return e, err
 }
 
@@ -224,7 +234,7 @@ func (c *Claimer) Claim(ctx context.Context, limit int, except []Table) (*Batch,
 	rows, err := tx.Query(ctx, claimSQL, limit, lanes, schemas, names)
 	var events []Event
 	if err == nil {
-		events, err = pgx.CollectRows(rows, scanEvent)
+		events, err = pgx.CollectRows(rows, c.scanEvent)
 	}
 	if err != nil {
 		_ = tx.Rollback(context.WithoutCancel(ctx))

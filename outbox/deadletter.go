@@ -26,14 +26,16 @@ type DeadLetter struct {
 // table in one statement, so that an event is in exactly one of the two at
 // any moment. The event's columns are copied from the queue row itself:
 // every column of the queue must be named here, and in
-// requeue_dead_letters(), or it is lost on the way.
+// requeue_dead_letters(), or it is lost on the way. An event queued without
+// a uuid gets the one it was shipped with, for good: requeued, it has a new
+// id, from which a different uuid would be derived.
 const moveToDeadLetterSQL = `
 WITH moved AS (
     DELETE FROM pg2kafka.outbound_event_queue AS q
     USING unnest($1::bigint[], $2::text[], $3::int[], $4::timestamptz[], $5::timestamptz[])
         AS f(id, error, attempts, first_failed_at, last_failed_at)
     WHERE q.id = f.id
-    RETURNING q.id, q.uuid, q.external_id, q.table_schema, q.table_name, q.statement, q.data, q.created_at,
+    RETURNING q.id, coalesce(q.uuid, pg2kafka.event_uuid(q.id, q.created_at)), q.external_id, q.table_schema, q.table_name, q.statement, q.data, q.created_at,
               q.old, q.topic, f.error, f.attempts, f.first_failed_at, f.last_failed_at
 )
 INSERT INTO pg2kafka.dead_letter_events

@@ -53,7 +53,17 @@ type queuedRow struct {
 
 func (b *bundle) queueRows(t *testing.T) []queuedRow {
 	t.Helper()
-	rows, _ := b.pool.Query(b.ctx, `SELECT id, uuid::text, data::text AS data, created_at FROM pg2kafka.outbound_event_queue ORDER BY id`)
+	// The uuid an event is shipped with; before migration 6 the queue
+	// stored every event's.
+	uuid := "uuid::text"
+	var derived bool
+	if err := b.pool.QueryRow(b.ctx, `SELECT to_regproc('pg2kafka.event_uuid') IS NOT NULL`).Scan(&derived); err != nil {
+		t.Fatal(err)
+	}
+	if derived {
+		uuid = "coalesce(uuid, pg2kafka.event_uuid(id, created_at))::text"
+	}
+	rows, _ := b.pool.Query(b.ctx, `SELECT id, `+uuid+` AS uuid, data::text AS data, created_at FROM pg2kafka.outbound_event_queue ORDER BY id`)
 	got, err := pgx.CollectRows(rows, pgx.RowToStructByName[queuedRow])
 	if err != nil {
 		t.Fatalf("read queue: %v", err)

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 
 	"github.com/jackc/pgx/v5"
@@ -91,4 +92,48 @@ func newProvider(db *sql.DB, locker lock.SessionLocker) (*goose.Provider, error)
 		goose.WithSessionLocker(locker),
 		goose.WithDisableGlobalRegistry(true),
 	)
+}
+
+// CheckSchema returns an error, saying what to run, unless the pg2kafka
+// schema is installed at exactly the version of this binary's migrations: an
+// older schema lacks what the shipper relies on, and a newer one may queue
+// events this shipper would ship wrongly.
+func CheckSchema(ctx context.Context, pool *pgxpool.Pool) error {
+	want, err := latestVersion()
+	if err != nil {
+		return err
+	}
+	const install = "run pg2kafka once with PERFORM_MIGRATIONS=true, as the owner of the database"
+	var installed bool
+	if err := pool.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, VersionTable).Scan(&installed); err != nil {
+		return fmt.Errorf("outbox: check the pg2kafka schema: %w", err)
+	}
+	if !installed {
+		return fmt.Errorf("outbox: pg2kafka is not installed in this database: %s", install)
+	}
+	var have int64
+	err = pool.QueryRow(ctx, `SELECT coalesce(max(version_id), 0) FROM `+VersionTable).Scan(&have)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42501" { // insufficient_privilege
+		return fmt.Errorf("outbox: check the pg2kafka schema: this role may not read %s, which a schema older than this pg2kafka does not grant to pg2kafka_shipper: %s: %w", VersionTable, install, err)
+	}
+	if err != nil {
+		return fmt.Errorf("outbox: check the pg2kafka schema: %w", err)
+	}
+	switch {
+	case have < want:
+		return fmt.Errorf("outbox: the pg2kafka schema is at version %d and this pg2kafka needs version %d: %s", have, want, install)
+	case have > want:
+		return fmt.Errorf("outbox: the pg2kafka schema is at version %d, newer than this pg2kafka knows (%d): run the pg2kafka release that installed it, or a newer one", have, want)
+	}
+	return nil
+}
+
+// latestVersion is the version of the newest embedded migration.
+func latestVersion() (int64, error) {
+	names, err := fs.Glob(migrations.FS, "*.sql")
+	if err != nil || len(names) == 0 {
+		return 0, fmt.Errorf("outbox: no embedded migrations: %v", err)
+	}
+	return goose.NumericComponent(names[len(names)-1])
 }

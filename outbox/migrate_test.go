@@ -55,7 +55,8 @@ const appliedAll = "level=INFO msg=\"applied migration\" version=1 file=00001_ou
 	"level=INFO msg=\"applied migration\" version=2 file=00002_shipper_role.sql\n" +
 	"level=INFO msg=\"applied migration\" version=3 file=00003_dead_letter.sql\n" +
 	"level=INFO msg=\"applied migration\" version=4 file=00004_capture_options.sql\n" +
-	"level=INFO msg=\"applied migration\" version=5 file=00005_truncate_guard.sql\n"
+	"level=INFO msg=\"applied migration\" version=5 file=00005_truncate_guard.sql\n" +
+	"level=INFO msg=\"applied migration\" version=6 file=00006_lean_trigger.sql\n"
 
 type gooseVersion struct {
 	VersionID int64 `db:"version_id"`
@@ -64,7 +65,7 @@ type gooseVersion struct {
 
 // allVersions is what Goose's version table holds once every migration is
 // applied.
-var allVersions = []gooseVersion{{0, true}, {1, true}, {2, true}, {3, true}, {4, true}, {5, true}}
+var allVersions = []gooseVersion{{0, true}, {1, true}, {2, true}, {3, true}, {4, true}, {5, true}, {6, true}}
 
 // requireVersions fails the test unless Goose's version table holds want.
 func requireVersions(t *testing.T, ctx context.Context, pool *pgxpool.Pool, want ...gooseVersion) {
@@ -108,6 +109,7 @@ var latestObjects = []string{
 	"function pg2kafka.backfill_chunk(regclass,integer)",
 	"function pg2kafka.enqueue_event()",
 	"function pg2kafka.enqueue_snapshot(pg2kafka.tracked_tables,text[],jsonb,jsonb)",
+	"function pg2kafka.event_uuid(bigint,timestamp with time zone)",
 	"function pg2kafka.grant_shipper_privileges()",
 	"function pg2kafka.guard(regclass)",
 	"function pg2kafka.refuse_truncate()",
@@ -118,10 +120,12 @@ var latestObjects = []string{
 	"function pg2kafka.teardown_capture(regclass,boolean)",
 	"i backfills_pkey",
 	"i dead_letter_events_pkey",
+	"i installation_pkey",
 	"i outbound_event_queue_pkey",
 	"i tracked_tables_pkey",
 	"r backfills",
 	"r dead_letter_events",
+	"r installation",
 	"r outbound_event_queue",
 	"r tracked_tables",
 }

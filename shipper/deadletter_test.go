@@ -377,7 +377,7 @@ func TestEveryEventShippedOrDeadLettered(t *testing.T) {
 		Huge       bool   `db:"huge"`
 	}
 	rows, _ := b.pool.Query(context.Background(), `
-		SELECT uuid::text, external_id, coalesce(length(data->>'blob') > 1000, false) AS huge
+		SELECT coalesce(uuid, pg2kafka.event_uuid(id, created_at))::text AS uuid, external_id, coalesce(length(data->>'blob') > 1000, false) AS huge
 		FROM pg2kafka.outbound_event_queue ORDER BY id`)
 	events, err := pgx.CollectRows(rows, pgx.RowToStructByName[event])
 	if err != nil {

@@ -270,7 +270,7 @@ type queuedEvent struct {
 // queuedEvents returns the queue's events in id order.
 func (b *bundle) queuedEvents() []queuedEvent {
 	b.t.Helper()
-	rows, err := b.pool.Query(context.Background(), `SELECT uuid::text, created_at, table_schema || '.' || table_name FROM pg2kafka.outbound_event_queue ORDER BY id`)
+	rows, err := b.pool.Query(context.Background(), `SELECT coalesce(uuid, pg2kafka.event_uuid(id, created_at))::text AS uuid, created_at, table_schema || '.' || table_name FROM pg2kafka.outbound_event_queue ORDER BY id`)
 	if err != nil {
 		b.t.Fatal(err)
 	}

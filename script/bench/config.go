@@ -99,7 +99,7 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&cfg.Latency.Writers, "latency-writers", 16, "connections the latency run's writer commits through")
 	fs.IntVar(&cfg.Write.Clients, "write-clients", 8, "concurrent clients of the write-path runs")
 	fs.DurationVar(&writeDuration, "write-duration", 10*time.Second, "length of each write-path run")
-	fs.IntVar(&cfg.Write.Rounds, "write-rounds", 3, "rounds of the three write-path runs, interleaved; the median of each is reported")
+	fs.IntVar(&cfg.Write.Rounds, "write-rounds", 3, "rounds of the four write-path runs, interleaved; the median of each is reported")
 	fs.StringVar(&batchSizes, "batch-sizes", "500,1000,5000", "comma-separated batch sizes of the scaling section")
 	fs.StringVar(&eventSizes, "event-sizes", "200,2048,20480", "comma-separated event sizes in bytes of the scaling section")
 	fs.IntVar(&cfg.Scaling.MaxMB, "scale-mb", 200, "most megabytes of event data one event-size scaling run moves (fewer events for bigger ones)")

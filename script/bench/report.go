@@ -164,6 +164,7 @@ func (r *report) rows() []row {
 		rows = append(rows,
 			check("write path (c)/(a)", fmt.Sprintf("%.2f", w.CvsA), fmt.Sprintf("≥ %.2f", targetCvsA), w.CvsA >= targetCvsA),
 			check("write path (c)/(b)", fmt.Sprintf("%.2f", w.CvsB), fmt.Sprintf("≥ %.2f", targetCvsB), w.CvsB >= targetCvsB),
+			row{Measure: "write path (d)/(b): the queue's columns alone", Value: fmt.Sprintf("%.2f", w.DvsB)},
 		)
 	}
 	for _, s := range r.Scaling {

@@ -16,7 +16,9 @@ import (
 //
 // bench_events feeds the drains and bench_latency the latency run, both
 // tracked by pg2kafka. bench_w_a, _b and _c are the write-path tables: the
-// same columns, with no trigger, a minimal outbox trigger, and pg2kafka's.
+// same columns, with no trigger, a minimal outbox trigger, and pg2kafka's;
+// bench_w_d has the minimal trigger writing into a copy of pg2kafka's queue,
+// which tells the cost of the queue's columns from that of the trigger.
 const schemaSQL = `
 CREATE TABLE bench_events (
     id       bigint PRIMARY KEY,
@@ -34,6 +36,7 @@ CREATE TABLE bench_w_a (
 );
 CREATE TABLE bench_w_b (LIKE bench_w_a INCLUDING ALL);
 CREATE TABLE bench_w_c (LIKE bench_w_a INCLUDING ALL);
+CREATE TABLE bench_w_d (LIKE bench_w_a INCLUDING ALL);
 
 CREATE TABLE bench_min_outbox (
     id   bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -47,6 +50,17 @@ END
 $$;
 CREATE TRIGGER bench_min_outbox_enqueue AFTER INSERT ON bench_w_b
     FOR EACH ROW EXECUTE FUNCTION bench_min_outbox_enqueue();
+
+CREATE TABLE bench_shaped_outbox (LIKE pg2kafka.outbound_event_queue INCLUDING ALL);
+CREATE FUNCTION bench_shaped_outbox_enqueue() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO bench_shaped_outbox (table_schema, table_name, statement, data)
+    VALUES ('public', 'bench_w_d', 'INSERT', to_jsonb(NEW));
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER bench_shaped_outbox_enqueue AFTER INSERT ON bench_w_d
+    FOR EACH ROW EXECUTE FUNCTION bench_shaped_outbox_enqueue();
 
 SELECT pg2kafka.setup('bench_events', 'id');
 SELECT pg2kafka.setup('bench_latency', 'id');

@@ -23,6 +23,7 @@ var writeVariants = []writeVariant{
 	{key: "a", label: "no trigger", table: "bench_w_a"},
 	{key: "b", label: "minimal outbox trigger", table: "bench_w_b"},
 	{key: "c", label: "pg2kafka trigger", table: "bench_w_c"},
+	{key: "d", label: "minimal trigger into a copy of pg2kafka's queue", table: "bench_w_d"},
 }
 
 // writeResult is section 4: single-row INSERT transactions per second into
@@ -34,9 +35,10 @@ type writeResult struct {
 	TPS     map[string]float64   `json:"median_tps"`
 	CvsA    float64              `json:"c_vs_a"`
 	CvsB    float64              `json:"c_vs_b"`
+	DvsB    float64              `json:"d_vs_b"`
 }
 
-// runWritePath runs the variants interleaved, a b c a b c …, so that a
+// runWritePath runs the variants interleaved, a b c d a b c d …, so that a
 // machine getting slower or faster over time weighs on all three alike.
 func (b *bench) runWritePath(ctx context.Context) error {
 	cfg := b.cfg.Write
@@ -59,7 +61,7 @@ func (b *bench) runWritePath(ctx context.Context) error {
 	for key, runs := range r.Runs {
 		r.TPS[key] = median(runs)
 	}
-	r.CvsA, r.CvsB = r.TPS["c"]/r.TPS["a"], r.TPS["c"]/r.TPS["b"]
+	r.CvsA, r.CvsB, r.DvsB = r.TPS["c"]/r.TPS["a"], r.TPS["c"]/r.TPS["b"], r.TPS["d"]/r.TPS["b"]
 	b.report.WritePath = &r
 	return nil
 }
@@ -69,7 +71,7 @@ func (b *bench) runWritePath(ctx context.Context) error {
 // statement, for -write-duration, and returns the commits per second.
 func (b *bench) insertLoad(ctx context.Context, table string) (float64, error) {
 	cfg := b.cfg.Write
-	if err := truncate(ctx, b.pool, "bench_w_a", "bench_w_b", "bench_w_c", "bench_min_outbox", "pg2kafka.outbound_event_queue"); err != nil {
+	if err := truncate(ctx, b.pool, "bench_w_a", "bench_w_b", "bench_w_c", "bench_w_d", "bench_min_outbox", "bench_shaped_outbox", "pg2kafka.outbound_event_queue"); err != nil {
 		return 0, err
 	}
 	if err := settle(ctx, b.pool); err != nil {

@@ -39,7 +39,7 @@ type writeResult struct {
 }
 
 // runWritePath runs the variants interleaved, a b c d a b c d …, so that a
-// machine getting slower or faster over time weighs on all three alike.
+// machine getting slower or faster over time weighs on all of them alike.
 func (b *bench) runWritePath(ctx context.Context) error {
 	cfg := b.cfg.Write
 	r := writeResult{

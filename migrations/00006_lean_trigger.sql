@@ -164,7 +164,17 @@ END
 $$;
 -- +goose StatementEnd
 
+-- Postgres checks EXECUTE on a trigger function when a trigger is created,
+-- not when it fires: writers need no privilege on it, and without one nobody
+-- but the owner can attach it to a table of their own (a temporary one, say)
+-- and write events in the name of any table.
+REVOKE EXECUTE ON FUNCTION pg2kafka.enqueue_event() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION pg2kafka.refuse_truncate() FROM PUBLIC;
+
 -- +goose Down
+GRANT EXECUTE ON FUNCTION pg2kafka.enqueue_event() TO PUBLIC;
+GRANT EXECUTE ON FUNCTION pg2kafka.refuse_truncate() TO PUBLIC;
+
 -- The trigger as version 4 left it.
 -- +goose StatementBegin
 CREATE OR REPLACE FUNCTION pg2kafka.enqueue_event() RETURNS trigger

@@ -95,11 +95,11 @@ func TestShipperRoleHoldsExactlyWhatTheShipperNeeds(t *testing.T) {
 		t.Errorf("pg2kafka_shipper: can log in %v, member of %d roles; want neither", login, memberOf)
 	}
 	// Functions are executable by PUBLIC unless that is revoked, and the
-	// shipper, with USAGE on the schema, would reach them. Trigger functions
-	// cannot be called but as triggers.
+	// shipper, with USAGE on the schema, would reach them; trigger functions
+	// too, in triggers of its own.
 	rows, _ := b.pool.Query(b.ctx, `
 		SELECT oid::regprocedure::text FROM pg_proc
-		WHERE pronamespace = 'pg2kafka'::regnamespace AND prorettype <> 'trigger'::regtype
+		WHERE pronamespace = 'pg2kafka'::regnamespace
 		  AND has_function_privilege('pg2kafka_shipper', oid, 'EXECUTE')
 		ORDER BY 1`)
 	callable, err := pgx.CollectRows(rows, pgx.RowTo[string])
@@ -193,6 +193,9 @@ func TestShipperRoleCannot(t *testing.T) {
 		{`DELETE FROM pg2kafka.goose_db_version`, "permission denied for table goose_db_version"},
 		{`UPDATE pg2kafka.installation SET id = gen_random_uuid()`, "permission denied for table installation"},
 		{`SELECT pg2kafka.setup('products', 'sku')`, "permission denied for function setup"},
+		// A trigger of its own would let it write events in any table's name.
+		{`CREATE TEMP TABLE forged (sku text); CREATE TRIGGER forge AFTER INSERT ON forged FOR EACH ROW EXECUTE FUNCTION pg2kafka.enqueue_event('sku', 'public', 'products')`,
+			"permission denied for function pg2kafka.enqueue_event"},
 		{`SELECT pg2kafka.grant_shipper_privileges()`, "permission denied for function grant_shipper_privileges"},
 		{`CREATE TABLE pg2kafka.mine (id int)`, "permission denied for schema pg2kafka"},
 		{`SELECT * FROM products`, "permission denied for table products"},

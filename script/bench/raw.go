@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/errgroup"
 )
@@ -25,7 +26,7 @@ RETURNING id, uuid, external_id, table_schema, table_name, statement, data, crea
 // queuedEvent is a queue row as a shipper must hold it in memory.
 type queuedEvent struct {
 	ID          int64
-	UUID        [16]byte
+	UUID        pgtype.UUID // null unless the event was queued with its own
 	ExternalID  *string
 	TableSchema string
 	TableName   string

@@ -8,7 +8,6 @@ import (
 	"slices"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -49,6 +48,7 @@ type Claimer struct {
 	conn       *pgx.Conn
 	lanes      []int32 // owned, ascending
 	uuids      eventUUIDs
+	scratch    scanScratch
 }
 
 // NewClaimer returns a claimer for q; it connects on first use.
@@ -185,17 +185,22 @@ RETURNING q.id, q.uuid, q.external_id, q.table_schema, q.table_name, q.statement
 // scanEvent scans a row of claimSQL's RETURNING list, in its order, and
 // gives an event queued without a uuid its derived one. It is written out,
 // rather than left to pgx.RowToStructByName, because it runs for every event
-// and the reflection cost a quarter of the shipper's CPU.
+// and the reflection cost a quarter of the shipper's CPU; it scans into
+// reused targets because allocating them cost another tenth.
 func (c *Claimer) scanEvent(row pgx.CollectableRow) (Event, error) {
-	var e Event
-	var id pgtype.UUID
-	err := row.Scan(&e.ID, &id, &e.ExternalID, &e.TableSchema, &e.TableName, &e.Statement, &e.Data, &e.CreatedAt, &e.Old, &e.Topic)
-	if id.Valid {
-		e.UUID = id.Bytes
+	t := c.scratch.scanTargets()
+	if err := row.Scan(t.dests...); err != nil {
+		return Event{}, err
+	}
+	e := t.event // every target is overwritten by the next row's scan
+	e.TableSchema, e.TableName, e.Statement = c.scratch.intern(t.schema), c.scratch.intern(t.table), c.scratch.intern(t.statement)
+	e.Data = c.scratch.keep(t.data)
+	if t.uuid.Valid {
+		e.UUID = t.uuid.Bytes
 	} else {
 		e.UUID = c.uuids.derive(e.ID, e.CreatedAt)
 	}
-	return e, err
+	return e, nil
 }
 
 const deleteSQL = `DELETE FROM pg2kafka.outbound_event_queue WHERE id = ANY($1)`
@@ -211,7 +216,8 @@ type Batch struct {
 
 // Claim takes up to limit of the oldest events of the claimer's lanes,
 // skipping the tables in except. A claimer without lanes, or an empty queue,
-// yields a batch with no events.
+// yields a batch with no events. The batch's Events are the claimer's until
+// its next Claim, which reuses them.
 func (c *Claimer) Claim(ctx context.Context, limit int, except []Table) (*Batch, error) {
 	if err := c.connect(ctx); err != nil {
 		return nil, err
@@ -234,12 +240,13 @@ func (c *Claimer) Claim(ctx context.Context, limit int, except []Table) (*Batch,
 	rows, err := tx.Query(ctx, claimSQL, limit, lanes, schemas, names)
 	var events []Event
 	if err == nil {
-		events, err = pgx.CollectRows(rows, c.scanEvent)
+		events, err = pgx.AppendRows(c.scratch.events[:0], rows, c.scanEvent)
 	}
 	if err != nil {
 		_ = tx.Rollback(context.WithoutCancel(ctx))
 		return nil, fmt.Errorf("outbox: claim: %w", err)
 	}
+	c.scratch.events = events
 	// RETURNING promises no order.
 	slices.SortFunc(events, func(a, b Event) int { return int(a.ID - b.ID) })
 	return &Batch{Events: events, tx: tx, conn: c.conn}, nil

@@ -152,12 +152,22 @@ func (p *producer) produce(ctx context.Context, msgs []Message, which []int, err
 	}
 
 	results := make(chan produced, len(which)) // late promises never block
+	// The records and their headers are allocated together, a few
+	// allocations per batch rather than a few per record.
+	records := make([]kgo.Record, len(which))
+	nHeaders := 0
 	for _, i := range which {
-		m := &msgs[i]
-		record := &kgo.Record{Topic: m.Topic, Key: m.Key, Value: m.Value, Headers: recordHeaders(m.Headers), Timestamp: m.Timestamp}
-		p.client.Produce(ctx, record, func(r *kgo.Record, err error) { results <- produced{i, err} })
+		nHeaders += len(msgs[i].Headers)
 	}
-	settled := make(map[int]bool, len(which))
+	headers := make([]kgo.RecordHeader, 0, nHeaders)
+	for k, i := range which {
+		m := &msgs[i]
+		first := len(headers)
+		headers = appendRecordHeaders(headers, m.Headers)
+		records[k] = kgo.Record{Topic: m.Topic, Key: m.Key, Value: m.Value, Headers: headers[first:len(headers):len(headers)], Timestamp: m.Timestamp}
+		p.client.Produce(ctx, &records[k], func(_ *kgo.Record, err error) { results <- produced{i, err} })
+	}
+	settled := make([]bool, len(msgs))
 	for left := len(which); left > 0; left-- {
 		select {
 		case r := <-results:
@@ -358,14 +368,10 @@ func (s *KafkaSink) Close() {
 	s.probe.client.Close()
 }
 
-// recordHeaders returns headers as franz-go's record headers.
-func recordHeaders(headers []Header) []kgo.RecordHeader {
-	if len(headers) == 0 {
-		return nil
+// appendRecordHeaders appends headers to dst as franz-go's record headers.
+func appendRecordHeaders(dst []kgo.RecordHeader, headers []Header) []kgo.RecordHeader {
+	for _, h := range headers {
+		dst = append(dst, kgo.RecordHeader{Key: h.Key, Value: h.Value})
 	}
-	out := make([]kgo.RecordHeader, len(headers))
-	for i, h := range headers {
-		out[i] = kgo.RecordHeader{Key: h.Key, Value: h.Value}
-	}
-	return out
+	return dst
 }

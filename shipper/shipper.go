@@ -325,6 +325,9 @@ func (w *worker) encode(events []outbox.Event) ([]Message, []int64) {
 	size := 0
 	for i := range events {
 		size += len(events[i].Data) + len(events[i].Old) + 160
+		if events[i].ExternalID != nil {
+			size += len(*events[i].ExternalID)
+		}
 	}
 	arena := make([]byte, 0, size)
 	msgs := make([]Message, len(events))
@@ -351,7 +354,9 @@ func (w *worker) encode(events []outbox.Event) ([]Message, []int64) {
 			msgs[i].Topic = *e.Topic
 		}
 		if e.ExternalID != nil {
-			msgs[i].Key = []byte(*e.ExternalID)
+			start := len(arena)
+			arena = append(arena, *e.ExternalID...)
+			msgs[i].Key = arena[start:len(arena):len(arena)]
 		}
 		ids[i] = e.ID
 	}

@@ -390,3 +390,49 @@ func TestLogsNeverShowThePassword(t *testing.T) {
 		}
 	}
 }
+
+// pg2kafka stops at start, saying what to run, unless the schema is at its
+// own version: a shipper and a schema out of step would ship events wrongly.
+func TestRefusesASchemaOfAnotherVersion(t *testing.T) {
+	t.Parallel()
+	const install = "run pg2kafka once with PERFORM_MIGRATIONS=true, as the owner of the database"
+	for _, tt := range []struct {
+		name    string
+		prepare func(context.Context, *pgxpool.Pool) error
+		want    string
+	}{
+		{"not installed", func(context.Context, *pgxpool.Pool) error { return nil },
+			"pg2kafka: outbox: pg2kafka is not installed in this database: " + install},
+		{"older", func(ctx context.Context, pool *pgxpool.Pool) error {
+			if err := outbox.Migrate(ctx, pool, slog.New(slog.DiscardHandler)); err != nil {
+				return err
+			}
+			return outbox.MigrateDownTo(ctx, pool, 5)
+		}, "pg2kafka: outbox: the pg2kafka schema is at version 5 and this pg2kafka needs version 6: " + install},
+		{"newer", func(ctx context.Context, pool *pgxpool.Pool) error {
+			if err := outbox.Migrate(ctx, pool, slog.New(slog.DiscardHandler)); err != nil {
+				return err
+			}
+			_, err := pool.Exec(ctx, `INSERT INTO pg2kafka.goose_db_version (version_id, is_applied) VALUES (7, true)`)
+			return err
+		}, "pg2kafka: outbox: the pg2kafka schema is at version 7, newer than this pg2kafka knows (6): run the pg2kafka release that installed it, or a newer one"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			pool, url := pgtest.NewPool(t)
+			if err := tt.prepare(t.Context(), pool); err != nil {
+				t.Fatal(err)
+			}
+			env := map[string]string{"DATABASE_URL": url, "DRY_RUN": "true"}
+			var stdout, stderr syncBuffer
+			err := run(t.Context(), nil, func(k string) string { return env[k] }, &stdout, &stderr)
+			var report strings.Builder
+			if code := exitCode(err, &report); code != 1 || report.String() != tt.want+"\n" {
+				t.Errorf("exit status %d, stderr ends %q; want 1, %q", code, report.String(), tt.want+"\n")
+			}
+			if stdout.String() != "" {
+				t.Errorf("stdout = %q, want nothing", stdout.String())
+			}
+		})
+	}
+}

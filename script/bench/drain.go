@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/pg2kafka/pg2kafka/script/internal/devenv"
 	"github.com/twmb/franz-go/pkg/kerr"
 )
 
@@ -127,7 +128,7 @@ func (b *bench) drain(ctx context.Context, p drainParams) (drainResult, error) {
 		Seconds:      elapsed.Seconds(),
 		EventsPerSec: float64(p.Events) / elapsed.Seconds(),
 		MBPerSec:     float64(p.Events) * float64(p.EventBytes) / elapsed.Seconds() / 1e6,
-		PeakRSSBytes: peakRSS(state),
+		PeakRSSBytes: devenv.PeakRSS(state),
 		CPUSeconds:   (state.UserTime() + state.SystemTime()).Seconds(),
 	}
 	b.log.Info("drained through pg2kafka", "events", p.Events, "event_bytes", p.EventBytes, "batch_size", p.BatchSize,

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,12 +13,12 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/pg2kafka/pg2kafka/outbox"
+	"github.com/pg2kafka/pg2kafka/script/internal/devenv"
 )
 
 // stopTimeout bounds how long a subprocess may take to stop after SIGTERM;
@@ -113,14 +112,14 @@ func (b binaries) buildProfiled(ctx context.Context, stderr io.Writer) (string, 
 // address, which it prints as its first line.
 func startBroker(ctx context.Context, bin binaries, partitions int, stderr io.Writer) (*process, string, error) {
 	cmd := exec.Command(bin.devkafka, "-port", "0", "-partitions", strconv.Itoa(partitions), "-auto-create")
-	addr := newFirstLine()
+	addr := devenv.NewFirstLine()
 	cmd.Stdout, cmd.Stderr = addr, stderr
 	p, err := startProcess("devkafka", cmd)
 	if err != nil {
 		return nil, "", err
 	}
 	select {
-	case line := <-addr.line:
+	case line := <-addr.Line:
 		return p, line, nil
 	case <-p.Exited():
 		err = fmt.Errorf("devkafka exited before printing its address: %w", p.err)
@@ -144,50 +143,6 @@ func newKafkaAdmin(broker string) (*kadm.Client, error) {
 		return nil, fmt.Errorf("kafka admin client: %w", err)
 	}
 	return kadm.NewClient(client), nil
-}
-
-// createDatabase (re)creates the benchmark database and returns its URL, and
-// a function that drops it, which works even once ctx has ended.
-func createDatabase(ctx context.Context, adminURL, name string) (string, func() error, error) {
-	u, err := url.Parse(adminURL)
-	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
-		return "", nil, fmt.Errorf("-admin-url must be a postgres:// URL")
-	}
-	ident := pgx.Identifier{name}.Sanitize()
-	if err := adminExec(ctx, adminURL, "DROP DATABASE IF EXISTS "+ident+" WITH (FORCE)", "CREATE DATABASE "+ident); err != nil {
-		return "", nil, fmt.Errorf("create database %s: %w", name, err)
-	}
-	// The drop is retried for a while: the suite may be ending because
-	// Postgres is restarting.
-	drop := func() error {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		defer cancel()
-		for {
-			err := adminExec(ctx, adminURL, "DROP DATABASE IF EXISTS "+ident+" WITH (FORCE)")
-			if err == nil {
-				return nil
-			}
-			if sleepUntil(ctx, time.Now().Add(time.Second)) != nil {
-				return fmt.Errorf("drop database %s: %w", name, err)
-			}
-		}
-	}
-	u.Path = "/" + name
-	return u.String(), drop, nil
-}
-
-func adminExec(ctx context.Context, adminURL string, statements ...string) error {
-	conn, err := pgx.Connect(ctx, adminURL)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	for _, sql := range statements {
-		if _, err := conn.Exec(ctx, sql); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // connect opens the suite's pool on the benchmark database, with room for

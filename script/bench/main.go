@@ -37,6 +37,7 @@ import (
 	"syscall"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/pg2kafka/pg2kafka/script/internal/devenv"
 	"github.com/twmb/franz-go/pkg/kadm"
 )
 
@@ -95,7 +96,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	}
 	defer b.kafka.Close()
 
-	dbURL, dropDatabase, err := createDatabase(ctx, cfg.AdminURL, cfg.Database)
+	dbURL, dropDatabase, err := devenv.CreateDatabase(ctx, cfg.AdminURL, "pg2kafka-bench", cfg.Database)
 	if err != nil {
 		return err
 	}

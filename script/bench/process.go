@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -58,40 +57,4 @@ func (p *process) Stop(timeout time.Duration) (*os.ProcessState, error) {
 		return p.cmd.ProcessState, fmt.Errorf("%s: %w", p.name, p.err)
 	}
 	return p.cmd.ProcessState, nil
-}
-
-// peakRSS returns the most memory a finished process ever had resident, in
-// bytes.
-func peakRSS(state *os.ProcessState) int64 {
-	usage, ok := state.SysUsage().(*syscall.Rusage)
-	if !ok {
-		return 0
-	}
-	return usage.Maxrss * 1024 // kilobytes on Linux
-}
-
-// firstLine is an io.Writer that hands the first line written to it to a
-// channel and discards the rest: how the dev broker's address is read from
-// its stdout without a pipe that must be drained before Wait.
-type firstLine struct {
-	mu   sync.Mutex
-	buf  bytes.Buffer
-	sent bool
-	line chan string
-}
-
-func newFirstLine() *firstLine { return &firstLine{line: make(chan string, 1)} }
-
-func (w *firstLine) Write(b []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.sent {
-		return len(b), nil
-	}
-	w.buf.Write(b)
-	if line, _, ok := bytes.Cut(w.buf.Bytes(), []byte("\n")); ok {
-		w.line <- string(bytes.TrimSpace(line))
-		w.sent = true
-	}
-	return len(b), nil
 }

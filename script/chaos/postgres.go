@@ -18,6 +18,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/pg2kafka/pg2kafka/script/internal/devenv"
 )
 
 // applicationName names chaos's own sessions, so that they are neither
@@ -25,55 +26,16 @@ import (
 const applicationName = "pg2kafka-chaos"
 
 // createDatabase (re)creates the chaos database and returns its URL, and a
-// function that drops it, which works even once ctx has ended.
+// function that drops it, refusing any server but the local one.
 func createDatabase(ctx context.Context, adminURL, name string) (string, func() error, error) {
 	u, err := url.Parse(adminURL)
-	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+	if err != nil {
 		return "", nil, errors.New("-admin-url must be a postgres:// URL")
 	}
 	if h := u.Hostname(); h != "127.0.0.1" && h != "localhost" && h != "::1" {
 		return "", nil, fmt.Errorf("-admin-url: chaos restarts and terminates sessions of the server it uses, so it only runs against 127.0.0.1, not %q", h)
 	}
-	ident := pgx.Identifier{name}.Sanitize()
-	if err := adminExec(ctx, adminURL, "DROP DATABASE IF EXISTS "+ident+" WITH (FORCE)", "CREATE DATABASE "+ident); err != nil {
-		return "", nil, fmt.Errorf("create database %s: %w", name, err)
-	}
-	drop := func() error {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-		defer cancel()
-		// Right after a server restart the first attempts may fail.
-		var err error
-		for range 10 {
-			if err = adminExec(ctx, adminURL, "DROP DATABASE IF EXISTS "+ident+" WITH (FORCE)"); err == nil {
-				return nil
-			}
-			if !sleepCtx(ctx, time.Second) {
-				break
-			}
-		}
-		return fmt.Errorf("drop database %s: %w", name, err)
-	}
-	u.Path = "/" + name
-	return u.String(), drop, nil
-}
-
-func adminExec(ctx context.Context, adminURL string, statements ...string) error {
-	cfg, err := pgx.ParseConfig(adminURL)
-	if err != nil {
-		return err
-	}
-	cfg.RuntimeParams["application_name"] = applicationName
-	conn, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	for _, sql := range statements {
-		if _, err := conn.Exec(ctx, sql); err != nil {
-			return err
-		}
-	}
-	return nil
+	return devenv.CreateDatabase(ctx, adminURL, applicationName, name)
 }
 
 // openPool opens chaos's own pool on the chaos database.

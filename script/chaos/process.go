@@ -2,11 +2,9 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +14,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/pg2kafka/pg2kafka/script/internal/devenv"
 )
 
 // proc is a subprocess chaos started: a pg2kafka replica or the broker.
@@ -267,7 +267,7 @@ func (b *broker) start(ctx context.Context) error {
 		return err
 	}
 	cmd := exec.Command(b.bin, "-port", strconv.Itoa(b.port), "-data-dir", b.dataDir, "-partitions", "3")
-	addr := newFirstLine()
+	addr := devenv.NewFirstLine()
 	cmd.Stdout, cmd.Stderr = addr, log
 	p, err := startProc("devkafka", cmd, func(p *proc) {
 		log.Close()
@@ -285,7 +285,7 @@ func (b *broker) start(ctx context.Context) error {
 	b.cur = p
 	b.mu.Unlock()
 	select {
-	case line := <-addr.line:
+	case line := <-addr.Line:
 		b.addr = line
 		return nil
 	case <-p.done:
@@ -323,32 +323,4 @@ func (b *broker) crashed() []string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return append([]string(nil), b.crashes...)
-}
-
-// firstLine is an io.Writer that hands the first line written to it to a
-// channel and discards the rest: how the broker's address is read from its
-// stdout without a pipe that must be drained.
-type firstLine struct {
-	mu   sync.Mutex
-	buf  bytes.Buffer
-	sent bool
-	line chan string
-}
-
-var _ io.Writer = (*firstLine)(nil)
-
-func newFirstLine() *firstLine { return &firstLine{line: make(chan string, 1)} }
-
-func (w *firstLine) Write(b []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.sent {
-		return len(b), nil
-	}
-	w.buf.Write(b)
-	if line, _, ok := bytes.Cut(w.buf.Bytes(), []byte("\n")); ok {
-		w.line <- string(bytes.TrimSpace(line))
-		w.sent = true
-	}
-	return len(b), nil
 }

@@ -1,5 +1,6 @@
 -- The writer's path: what the row trigger costs every INSERT, UPDATE and
--- DELETE of a tracked table. Four costs go, each measured by script/bench:
+-- DELETE of a tracked table. Four costs go, each measured per row and by
+-- script/bench:
 --
 -- - SET search_path on enqueue_event(). A function with a SET clause saves
 --   and restores the setting on every call and makes Postgres recompute its

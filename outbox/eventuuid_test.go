@@ -1,14 +1,18 @@
 package outbox_test
 
 import (
+	"slices"
 	"testing"
 
 	"github.com/google/uuid"
+
+	"github.com/pg2kafka/pg2kafka/outbox"
 )
 
 // An event queued without a uuid is claimed with the one
-// pg2kafka.event_uuid() gives it, a version 8 RFC 9562 uuid, different for
-// every event and for every installation; one queued with a uuid keeps it.
+// pg2kafka.event_uuid() gives it, a version 8 RFC 9562 uuid, the same at
+// every claim, different for every event and for every installation; one
+// queued with a uuid keeps it.
 func TestClaimedEventsCarryTheirDerivedUUID(t *testing.T) {
 	t.Parallel()
 	const items = `CREATE TABLE items (id int PRIMARY KEY, name text)`
@@ -41,13 +45,28 @@ func TestClaimedEventsCarryTheirDerivedUUID(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	batch := b.claimAll(t)
-	defer func() { _ = batch.Rollback(b.ctx) }()
-	if len(batch.Events) != 21 {
-		t.Fatalf("claimed %d events, want 21", len(batch.Events))
+	// Claimed, given back, claimed again: a redelivery carries the same uuids.
+	c := b.claimer(t)
+	rebalance(t, c)
+	var claimed [2][]outbox.Event
+	for i := range claimed {
+		batch, err := c.Claim(t.Context(), 100, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		claimed[i] = slices.Clone(batch.Events)
+		if err := batch.Rollback(b.ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(claimed[0]) != 21 {
+		t.Fatalf("claimed %d events, want 21", len(claimed[0]))
+	}
+	if !slices.EqualFunc(claimed[0], claimed[1], func(a, b outbox.Event) bool { return a.ID == b.ID && a.UUID == b.UUID }) {
+		t.Errorf("claimed again, the events have other ids or uuids")
 	}
 	seen := make(map[uuid.UUID]bool)
-	for _, e := range batch.Events {
+	for _, e := range claimed[0] {
 		if e.UUID != want[e.ID] {
 			t.Errorf("event %d: uuid %s, want %s, as pg2kafka.event_uuid() has it", e.ID, e.UUID, want[e.ID])
 		}

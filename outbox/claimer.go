@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -23,7 +25,9 @@ const Lanes = 64
 // (memberLockKey, its backend pid) for as long as it is connected, which is
 // how the others count it, and (laneLockKey, lane) for each lane it owns.
 // Both are session locks: they vanish with the connection, so the lanes of a
-// shipper that dies are free at once for the others.
+// shipper that dies are free at once for the others, and those of one that
+// freezes or is cut off once Postgres ends its silent session (see
+// sessionBounds).
 const (
 	memberLockKey int32 = 0x70676b00 // "pgk\0"
 	laneLockKey   int32 = 0x70676b01
@@ -32,6 +36,9 @@ const (
 // Queue is pg2kafka.outbound_event_queue, seen by the shipper.
 type Queue struct {
 	pool *pgxpool.Pool
+	// noIdleSessionTimeout warns once that the server cannot bound a
+	// claimer frozen between batches.
+	noIdleSessionTimeout sync.Once
 }
 
 // NewQueue returns the queue of the database pool is connected to.
@@ -43,17 +50,26 @@ func NewQueue(pool *pgxpool.Pool) *Queue { return &Queue{pool: pool} }
 // lanes are released in the same instant, so a lane's next owner can never
 // overtake a batch still in flight. A Claimer is used by one goroutine.
 type Claimer struct {
+	queue      *Queue
 	connConfig *pgx.ConnConfig
+	bounds     sessionBounds
 	logger     *slog.Logger
 	conn       *pgx.Conn
+	// lastHeard is when Postgres last answered on conn.
+	lastHeard time.Time
 	lanes      []int32 // owned, ascending
 	uuids      eventUUIDs
 	scratch    scanScratch
 }
 
-// NewClaimer returns a claimer for q; it connects on first use.
-func (q *Queue) NewClaimer(logger *slog.Logger) *Claimer {
-	return &Claimer{connConfig: q.pool.Config().ConnConfig, logger: logger}
+// NewClaimer returns a claimer for q; it connects on first use. Its lanes
+// are taken over by the others once it has gone laneTakeoverTimeout without
+// a word to Postgres (frozen, or cut off from it); 0 means
+// DefaultLaneTakeoverTimeout. Its user keeps it heard while waiting with
+// KeepAlive.
+func (q *Queue) NewClaimer(logger *slog.Logger, laneTakeoverTimeout time.Duration) *Claimer {
+	bounds := newSessionBounds(laneTakeoverTimeout)
+	return &Claimer{queue: q, connConfig: bounds.sessionConfig(q.pool.Config().ConnConfig), bounds: bounds, logger: logger}
 }
 
 // Lanes returns the lanes the claimer owns.
@@ -77,23 +93,47 @@ func (c *Claimer) connect(ctx context.Context) error {
 		return nil
 	}
 	if c.conn != nil && len(c.lanes) > 0 {
-		c.logger.Warn("lost the connection that owned lanes; they are free for other shippers", slog.Any("lanes", c.lanes))
+		// Its claim, if one was open, was rolled back with the session.
+		c.logger.Warn("lost its lanes: the Postgres session that owned them has ended, so other shippers take them over; rejoining",
+			slog.Any("lanes", c.lanes), slog.Duration("silent_for", time.Since(c.lastHeard).Round(time.Millisecond)))
 	}
 	c.conn, c.lanes = nil, nil
 	conn, err := pgx.ConnectConfig(ctx, c.connConfig.Copy())
 	if err != nil {
 		return fmt.Errorf("outbox: connect: %w", err)
 	}
-	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1, pg_backend_pid())`, memberLockKey); err != nil {
-		_ = conn.Close(ctx)
-		return fmt.Errorf("outbox: join the shippers: %w", err)
-	}
-	if err := c.uuids.load(ctx, conn); err != nil {
-		_ = conn.Close(ctx)
+	if err := c.join(ctx, conn); err != nil {
+		_ = conn.Close(context.WithoutCancel(ctx))
 		return err
 	}
 	c.conn = conn
+	c.heard()
 	return nil
+}
+
+// join bounds the new session, counts it among the shippers and loads what
+// deriving event uuids needs.
+func (c *Claimer) join(ctx context.Context, conn *pgx.Conn) error {
+	ctx, cancel := c.roundTrip(ctx)
+	defer cancel()
+	names, values := c.bounds.settings()
+	rows, err := conn.Query(ctx, sessionSettingsSQL, names, values)
+	if err != nil {
+		return fmt.Errorf("outbox: bound the session: %w", err)
+	}
+	set, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("outbox: bound the session: %w", err)
+	}
+	if !slices.Contains(set, "idle_session_timeout") {
+		c.queue.noIdleSessionTimeout.Do(func() {
+			c.logger.Warn("this Postgres has no idle_session_timeout (it came in Postgres 14): the lanes of a shipper frozen between batches stay its own until it wakes; one frozen inside a claim or cut off still loses them within the lane takeover timeout")
+		})
+	}
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1, pg_backend_pid())`, memberLockKey); err != nil {
+		return fmt.Errorf("outbox: join the shippers: %w", err)
+	}
+	return c.uuids.load(ctx, conn)
 }
 
 // lockCensusSQL counts the live claimers of this database and lists the
@@ -116,6 +156,13 @@ func (c *Claimer) Rebalance(ctx context.Context) (balanced bool, err error) {
 	if err := c.connect(ctx); err != nil {
 		return false, err
 	}
+	ctx, cancel := c.roundTrip(ctx)
+	defer cancel()
+	defer func() {
+		if err == nil {
+			c.heard()
+		}
+	}()
 	var members int
 	var taken []int32
 	if err := c.conn.QueryRow(ctx, lockCensusSQL, memberLockKey, laneLockKey).Scan(&members, &taken); err != nil {
@@ -233,11 +280,13 @@ func (c *Claimer) Claim(ctx context.Context, limit int, except []Table) (*Batch,
 	for _, t := range except {
 		schemas, names = append(schemas, t.Schema), append(names, t.Name)
 	}
-	tx, err := c.conn.Begin(ctx)
+	qctx, cancel := c.roundTrip(ctx)
+	defer cancel()
+	tx, err := c.conn.Begin(qctx)
 	if err != nil {
 		return nil, fmt.Errorf("outbox: claim: %w", err)
 	}
-	rows, err := tx.Query(ctx, claimSQL, limit, lanes, schemas, names)
+	rows, err := tx.Query(qctx, claimSQL, limit, lanes, schemas, names)
 	var events []Event
 	if err == nil {
 		events, err = pgx.AppendRows(c.scratch.events[:0], rows, c.scanEvent)
@@ -246,6 +295,7 @@ func (c *Claimer) Claim(ctx context.Context, limit int, except []Table) (*Batch,
 		_ = tx.Rollback(context.WithoutCancel(ctx))
 		return nil, fmt.Errorf("outbox: claim: %w", err)
 	}
+	c.heard()
 	c.scratch.events = events
 	// RETURNING promises no order.
 	slices.SortFunc(events, func(a, b Event) int { return int(a.ID - b.ID) })

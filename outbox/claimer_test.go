@@ -13,7 +13,7 @@ import (
 
 func (b *bundle) claimer(t *testing.T) *outbox.Claimer {
 	t.Helper()
-	c := outbox.NewQueue(b.pool).NewClaimer(slog.New(slog.DiscardHandler))
+	c := outbox.NewQueue(b.pool).NewClaimer(slog.New(slog.DiscardHandler), 0)
 	t.Cleanup(func() { c.Close(context.Background()) })
 	return c
 }

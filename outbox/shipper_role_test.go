@@ -127,7 +127,7 @@ func TestShipperRoleShips(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	c := outbox.NewQueue(pool).NewClaimer(slog.New(slog.DiscardHandler))
+	c := outbox.NewQueue(pool).NewClaimer(slog.New(slog.DiscardHandler), 0)
 	t.Cleanup(func() { c.Close(context.Background()) })
 	rebalance(t, c)
 	claim := func() *outbox.Batch {

@@ -37,8 +37,16 @@ type Config struct {
 	PollInterval time.Duration
 	// RebalanceInterval is how often a worker checks that it owns its fair
 	// share of the lanes, which is also how soon the lanes of a shipper that
-	// died are taken over. Default 1s.
+	// died are taken over. Default 1s, or LaneTakeoverTimeout/5 if that is
+	// shorter.
 	RebalanceInterval time.Duration
+	// LaneTakeoverTimeout bounds how long the lanes of a shipper that
+	// stopped (frozen, or cut off from Postgres) stay its own: Postgres ends
+	// its sessions once they have been silent for half of it, and the other
+	// shippers take the lanes at their next rebalance. A worker that is
+	// only waiting (for events, to retry, for its destination) keeps its
+	// session alive meanwhile. Default 10s.
+	LaneTakeoverTimeout time.Duration
 	// SendTimeout bounds how long one batch may wait for its destination,
 	// and so how long its claim transaction stays open. Default 30s.
 	SendTimeout time.Duration
@@ -64,8 +72,11 @@ func (c *Config) withDefaults() Config {
 	if out.PollInterval <= 0 {
 		out.PollInterval = 50 * time.Millisecond
 	}
+	if out.LaneTakeoverTimeout <= 0 {
+		out.LaneTakeoverTimeout = outbox.DefaultLaneTakeoverTimeout
+	}
 	if out.RebalanceInterval <= 0 {
-		out.RebalanceInterval = time.Second
+		out.RebalanceInterval = min(time.Second, out.LaneTakeoverTimeout/5)
 	}
 	if out.SendTimeout <= 0 {
 		out.SendTimeout = 30 * time.Second
@@ -124,7 +135,7 @@ func (s *Shipper) Run(ctx context.Context) error {
 	for i := range s.cfg.Workers {
 		w := &worker{
 			cfg:     s.cfg,
-			claimer: s.queue.NewClaimer(s.cfg.Logger.With(slog.Int("worker", i))),
+			claimer: s.queue.NewClaimer(s.cfg.Logger.With(slog.Int("worker", i)), s.cfg.LaneTakeoverTimeout),
 			sink:    s.sink,
 			logger:  s.cfg.Logger.With(slog.Int("worker", i)),
 			topics:  make(map[outbox.Table]string),
@@ -190,9 +201,9 @@ func (w *worker) run(ctx context.Context) {
 		case err != nil:
 			delay := w.dbRetry.fail()
 			w.logger.Error("shipping stopped by a database error; retrying", slog.Any("error", err), slog.Duration("retry_in", delay))
-			sleep(ctx, delay)
+			w.wait(ctx, delay)
 		case claimed == 0:
-			sleep(ctx, min(idle, w.cfg.PollInterval))
+			w.wait(ctx, min(idle, w.cfg.PollInterval))
 			idle = min(2*idle, w.cfg.PollInterval)
 		default:
 			idle = minPollInterval
@@ -238,7 +249,7 @@ func (w *worker) shipBatch(ctx context.Context) (int, error) {
 	defer stop()
 
 	sendStart := time.Now()
-	errs := w.sink.Send(sendCtx, msgs)
+	errs := w.send(sendCtx, msgs)
 	sent := time.Since(sendStart)
 	acked := ids[:0:0]
 	var deadLetters []outbox.DeadLetter
@@ -470,6 +481,47 @@ func (r *retryState) fail() time.Duration {
 }
 
 func (r *retryState) succeed() { r.failures = 0 }
+
+// wait waits for d or until ctx ends, keeping the worker's session, and with
+// it its lanes, alive meanwhile: only a worker that stopped altogether must
+// lose them.
+func (w *worker) wait(ctx context.Context, d time.Duration) {
+	for end := time.Now().Add(d); ctx.Err() == nil; {
+		left := time.Until(end)
+		if left <= 0 {
+			return
+		}
+		sleep(ctx, min(left, w.claimer.KeepAliveInterval()))
+		// A session that is gone is found, and its loss logged, by the
+		// next claim.
+		_ = w.claimer.KeepAlive(ctx)
+	}
+}
+
+// send sends msgs while keeping the batch's claim alive: a claim that
+// waits for its destination in silence would be ended by Postgres after
+// half of LaneTakeoverTimeout, which SEND_TIMEOUT may well exceed. The sink
+// works on a goroutine of its own, as the claimer's connection is the
+// worker's alone.
+func (w *worker) send(ctx context.Context, msgs []Message) []error {
+	done := make(chan []error, 1)
+	go func() { done <- w.sink.Send(ctx, msgs) }()
+	tick := time.NewTicker(w.claimer.KeepAliveInterval())
+	defer tick.Stop()
+	for {
+		select {
+		case errs := <-done:
+			return errs
+		case <-tick.C:
+			if err := w.claimer.KeepAlive(ctx); err != nil {
+				// The claim is lost; the batch is settled, in vain, once
+				// the sink answers, and nothing it acknowledged is deleted.
+				w.logger.Warn("the claim of the batch in flight has ended; what the destination acknowledges of it will be shipped again", slog.Any("error", err))
+				tick.Stop()
+			}
+		}
+	}
+}
 
 // sleep waits for d or until ctx ends.
 func sleep(ctx context.Context, d time.Duration) {

@@ -57,9 +57,9 @@ type Claimer struct {
 	conn       *pgx.Conn
 	// lastHeard is when Postgres last answered on conn.
 	lastHeard time.Time
-	lanes      []int32 // owned, ascending
-	uuids      eventUUIDs
-	scratch    scanScratch
+	lanes     []int32 // owned, ascending
+	uuids     eventUUIDs
+	scratch   scanScratch
 }
 
 // NewClaimer returns a claimer for q; it connects on first use. Its lanes

@@ -68,6 +68,9 @@ type setting struct {
 	def    string
 	help   string
 	secret bool
+	// scope says which commands read the setting; the zero value is ship's
+	// alone.
+	scope scope
 	// boolean settings are flags that may stand alone: -dry-run.
 	boolean bool
 	parse   func(c *Config, value string) error
@@ -75,7 +78,7 @@ type setting struct {
 
 func settings() []setting {
 	return []setting{
-		{env: []string{"DATABASE_URL"}, flag: "database-url", secret: true,
+		{env: []string{"DATABASE_URL"}, flag: "database-url", secret: true, scope: everyCommand,
 			help:  "Postgres connection URL (postgres://user:pass@host:5432/db?sslmode=…); the database name names the topics. Required.",
 			parse: parseDatabaseURL},
 		{env: []string{"KAFKA_PRODUCER_URL", "KAFKA_BROKER"}, flag: "kafka-producer-url",
@@ -185,7 +188,7 @@ func settings() []setting {
 		{env: []string{"SHUTDOWN_TIMEOUT"}, flag: "shutdown-timeout", def: "5s",
 			help:  "On SIGINT/SIGTERM, how long the batch in flight may still wait for acknowledgements.",
 			parse: durationInto(func(c *Config) *time.Duration { return &c.ShutdownTimeout })},
-		{env: []string{"LOG_LEVEL"}, flag: "log-level", def: "info",
+		{env: []string{"LOG_LEVEL"}, flag: "log-level", def: "info", scope: everyCommand,
 			help: "debug, info, warn or error.",
 			parse: func(c *Config, v string) error {
 				if err := c.LogLevel.UnmarshalText([]byte(v)); err != nil {
@@ -193,7 +196,7 @@ func settings() []setting {
 				}
 				return nil
 			}},
-		{env: []string{"LOG_FORMAT"}, flag: "log-format", def: "text",
+		{env: []string{"LOG_FORMAT"}, flag: "log-format", def: "text", scope: everyCommand,
 			help: "text or json (logs go to stderr).",
 			parse: func(c *Config, v string) error {
 				if v != "text" && v != "json" {
@@ -214,47 +217,135 @@ type configError struct{ msg string }
 
 func (e *configError) Error() string { return e.msg }
 
-// parseConfig reads the environment, then the flags, which win over it.
-// Flags are parsed first all the same, so that -help works whatever the
-// environment holds.
+// parseConfig parses ship's command line: every setting.
 func parseConfig(args []string, getenv func(string) string, usage io.Writer) (Config, error) {
-	all := settings()
+	return shipCommandLine().parse(args, getenv, usage)
+}
+
+// scope says which commands read a setting.
+type scope uint8
+
+const (
+	// shipOnly settings matter to the shipper alone.
+	shipOnly scope = iota
+	// everyCommand settings are read by every command that connects to
+	// Postgres.
+	everyCommand
+)
+
+// commandLine is one command's flags: its own, which the command reads
+// itself, and those of the settings it uses.
+type commandLine struct {
+	*flag.FlagSet
+	synopsis string // "pg2kafka setup TABLE KEY_COLUMN [flags]"
+	about    string // what the command does, for -help
+	docs     string // the page of docs/ that tells more
+	settings []setting
+	// positional holds the arguments that are not flags, in order; flags may
+	// come before, between or after them.
+	positional []string
+	// checkArgs, when set, checks the positional arguments; without it the
+	// command takes none.
+	checkArgs func(args []string) error
+}
+
+// newCommandLine returns the command line of the command name. It reads no
+// setting unless told which with uses.
+func newCommandLine(name, synopsis, about string) *commandLine {
+	full := "pg2kafka " + name
+	if name == "ship" {
+		full = "pg2kafka" // the default: its -help is pg2kafka's
+	}
+	fs := flag.NewFlagSet(full, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	return &commandLine{FlagSet: fs, synopsis: synopsis, about: about}
+}
+
+// uses adds the settings of the given scopes to the command line.
+func (cl *commandLine) uses(scopes ...scope) *commandLine {
+	for _, s := range settings() {
+		if slices.Contains(scopes, s.scope) {
+			cl.settings = append(cl.settings, s)
+		}
+	}
+	return cl
+}
+
+func (cl *commandLine) has(flagName string) bool {
+	return slices.ContainsFunc(cl.settings, func(s setting) bool { return s.flag == flagName })
+}
+
+// NArg and Arg are the positional arguments, wherever they stood.
+func (cl *commandLine) NArg() int        { return len(cl.positional) }
+func (cl *commandLine) Arg(i int) string { return cl.positional[i] }
+
+// usageError is a mistake on the command line, pointing at -help.
+func (cl *commandLine) usageError(format string, args ...any) error {
+	return &configError{fmt.Sprintf(format, args...) + " (see " + cl.Name() + " -help)"}
+}
+
+// unexpected reports a positional argument the command does not take.
+func (cl *commandLine) unexpected(arg string) error {
+	shown := fmt.Sprintf("%q", arg)
+	if strings.ContainsAny(arg, "@=") {
+		shown = "(not shown: it may hold a password)"
+	}
+	return cl.usageError("unexpected argument %s: settings are flags or environment variables", shown)
+}
+
+// parse reads the environment, then the flags, which win over it. Flags are
+// parsed first all the same, so that -help works whatever the environment
+// holds.
+func (cl *commandLine) parse(args []string, getenv func(string) string, usage io.Writer) (Config, error) {
 	type assignment struct {
 		setting setting
 		value   string
 	}
 	var fromFlags []assignment
-	fs := flag.NewFlagSet("pg2kafka", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	for _, s := range all {
+	for _, s := range cl.settings {
 		record := func(v string) error {
 			fromFlags = append(fromFlags, assignment{s, v})
 			return nil
 		}
 		if s.boolean {
-			fs.BoolFunc(s.flag, "", record)
+			cl.BoolFunc(s.flag, s.help, record)
 		} else {
-			fs.Func(s.flag, "", record)
+			cl.Func(s.flag, s.help, record)
 		}
 	}
-	if err := fs.Parse(args); err != nil {
+	for {
+		err := cl.FlagSet.Parse(args)
 		if errors.Is(err, flag.ErrHelp) {
-			printUsage(usage, all)
+			cl.printUsage(usage)
 			return Config{}, errHelp
 		}
-		return Config{}, &configError{err.Error() + " (see pg2kafka -help)"}
-	}
-	if fs.NArg() > 0 {
-		arg := fmt.Sprintf("%q", fs.Arg(0))
-		if strings.ContainsAny(fs.Arg(0), "@=") {
-			arg = "(not shown: it may hold a password)"
+		if err != nil {
+			return Config{}, cl.usageError("%v", err)
 		}
-		return Config{}, &configError{fmt.Sprintf("unexpected argument %s: settings are flags or environment variables (see pg2kafka -help)", arg)}
+		rest := cl.FlagSet.Args()
+		if len(rest) == 0 {
+			break
+		}
+		// After "--" everything is an argument.
+		if n := len(args) - len(rest); n > 0 && args[n-1] == "--" {
+			cl.positional = append(cl.positional, rest...)
+			break
+		}
+		cl.positional = append(cl.positional, rest[0])
+		args = rest[1:]
+	}
+
+	if cl.checkArgs != nil {
+		if err := cl.checkArgs(cl.positional); err != nil {
+			return Config{}, err
+		}
+	} else if len(cl.positional) > 0 {
+		return Config{}, cl.unexpected(cl.positional[0])
 	}
 
 	var cfg Config
 	given := make(map[string]bool)
-	for _, s := range all {
+	for _, s := range cl.settings {
 		if s.def == "" {
 			continue
 		}
@@ -262,7 +353,7 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (Co
 			panic(fmt.Sprintf("default of -%s does not parse: %v", s.flag, err))
 		}
 	}
-	for _, s := range all {
+	for _, s := range cl.settings {
 		for _, name := range s.env {
 			v := getenv(name)
 			if v == "" {
@@ -282,14 +373,16 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (Co
 		given[a.setting.flag] = true
 	}
 
-	if !given["database-url"] {
+	if cl.has("database-url") && !given["database-url"] {
 		return cfg, &configError{"DATABASE_URL is not set: give the Postgres URL, e.g. DATABASE_URL=postgres://user:pass@localhost:5432/shop"}
 	}
-	if !given["kafka-producer-url"] && !cfg.DryRun {
-		return cfg, &configError{"KAFKA_PRODUCER_URL is not set: give the Kafka brokers, e.g. KAFKA_PRODUCER_URL=kafka://localhost:9092, or set DRY_RUN=true to print events instead"}
-	}
-	if err := checkKafkaSecurity(&cfg, given["kafka-tls"]); err != nil {
-		return cfg, err
+	if cl.has("kafka-producer-url") {
+		if !given["kafka-producer-url"] && !cfg.DryRun {
+			return cfg, &configError{"KAFKA_PRODUCER_URL is not set: give the Kafka brokers, e.g. KAFKA_PRODUCER_URL=kafka://localhost:9092, or set DRY_RUN=true to print events instead"}
+		}
+		if err := checkKafkaSecurity(&cfg, given["kafka-tls"]); err != nil {
+			return cfg, err
+		}
 	}
 	return cfg, nil
 }
@@ -362,26 +455,45 @@ func describe(name string, s setting, value string) string {
 	return name + "=" + strconv.Quote(value)
 }
 
-func printUsage(w io.Writer, all []setting) {
-	fmt.Fprint(w, `pg2kafka ships Postgres row changes to Kafka through a transactional outbox.
-
-Usage: pg2kafka [flags]
-       pg2kafka uninstall [flags]
-
-The first ships events; uninstall removes pg2kafka from the database
-(the pg2kafka schema, queued events included, and the trigger of every
-tracked table; the tables and their rows stay as they are) and needs
-only DATABASE_URL.
-
-Every setting is an environment variable or a flag; a flag wins.
-
-`)
-	for _, s := range all {
+// printUsage prints what the command does, its own flags, then the
+// settings it reads.
+func (cl *commandLine) printUsage(w io.Writer) {
+	fmt.Fprintf(w, "%s\n\nUsage: %s\n", cl.about, cl.synopsis)
+	isSetting := make(map[string]bool)
+	for _, s := range cl.settings {
+		isSetting[s.flag] = true
+	}
+	first := true
+	cl.VisitAll(func(f *flag.Flag) {
+		if isSetting[f.Name] {
+			return
+		}
+		if first {
+			fmt.Fprint(w, "\nFlags:\n")
+			first = false
+		}
+		name, help := flag.UnquoteUsage(f)
+		def := ""
+		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" {
+			def = " (default " + f.DefValue + ")"
+		}
+		if name != "" {
+			name = " " + name
+		}
+		fmt.Fprintf(w, "  -%s%s%s\n      %s\n", f.Name, name, def, help)
+	})
+	if len(cl.settings) > 0 {
+		fmt.Fprint(w, "\nSettings, each an environment variable or a flag (a flag wins):\n")
+	}
+	for _, s := range cl.settings {
 		def := ""
 		if s.def != "" {
 			def = " (default " + s.def + ")"
 		}
 		fmt.Fprintf(w, "  %s, -%s%s\n      %s\n", strings.Join(s.env, " or "), s.flag, def, s.help)
+	}
+	if cl.docs != "" {
+		fmt.Fprintf(w, "\nMore in %s of github.com/pg2kafka/pg2kafka.\n", cl.docs)
 	}
 }
 

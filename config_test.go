@@ -391,7 +391,7 @@ func TestParseConfigHelp(t *testing.T) {
 			if !errors.Is(err, errHelp) {
 				t.Fatalf("err = %v, want errHelp", err)
 			}
-			if got := usage.String(); !strings.HasPrefix(got, "pg2kafka ships Postgres row changes to Kafka through a transactional outbox.\n\nUsage: pg2kafka [flags]\n") {
+			if got := usage.String(); !strings.HasPrefix(got, "pg2kafka ships Postgres row changes to Kafka through a transactional outbox.\n\nUsage: pg2kafka [command] [flags]\n") {
 				t.Errorf("usage starts %q", got[:min(len(got), 120)])
 			}
 		})
@@ -514,7 +514,7 @@ func TestRunConfigErrorReportedOnce(t *testing.T) {
 			}
 			switch got := stdout.String(); {
 			case tt.wantStdout == "USAGE":
-				if !strings.Contains(got, "Usage: pg2kafka [flags]") {
+				if !strings.Contains(got, "Usage: pg2kafka [command] [flags]") {
 					t.Errorf("stdout = %q, want the usage", got)
 				}
 			case got != tt.wantStdout:

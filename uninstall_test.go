@@ -3,9 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
 	"strings"
 	"testing"
+
+	"github.com/pg2kafka/pg2kafka/internal/pgtest"
 )
 
 func TestUninstallCommand(t *testing.T) {
@@ -42,14 +43,9 @@ func TestUninstallCommand(t *testing.T) {
 	}
 }
 
-func TestUninstallCommandIsInTheHelp(t *testing.T) {
+func TestUninstallCommandWithoutPg2kafka(t *testing.T) {
 	t.Parallel()
-	var usage bytes.Buffer
-	err := run(context.Background(), []string{"uninstall", "-help"}, func(string) string { return "" }, &usage, &usage)
-	if !errors.Is(err, errHelp) {
-		t.Fatalf("err = %v, want errHelp", err)
-	}
-	if !strings.Contains(usage.String(), "\n       pg2kafka uninstall [flags]\n") {
-		t.Errorf("usage does not show the uninstall command:\n%s", &usage)
-	}
+	_, url := pgtest.NewPool(t)
+	got := runCommand(t, map[string]string{"DATABASE_URL": url}, "uninstall")
+	got.require(t, 0, "", "level=INFO msg=\"nothing to uninstall: pg2kafka is not installed in this database\"\n")
 }

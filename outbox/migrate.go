@@ -129,6 +129,33 @@ func CheckSchema(ctx context.Context, pool *pgxpool.Pool) error {
 	return nil
 }
 
+// SchemaVersion returns the version of the pg2kafka schema installed in the
+// database, 0 when there is none.
+func SchemaVersion(ctx context.Context, pool *pgxpool.Pool) (int64, error) {
+	var installed bool
+	if err := pool.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, VersionTable).Scan(&installed); err != nil {
+		return 0, fmt.Errorf("outbox: read the schema version: %w", err)
+	}
+	if !installed {
+		return 0, nil
+	}
+	var have int64
+	if err := pool.QueryRow(ctx, `SELECT coalesce(max(version_id), 0) FROM `+VersionTable).Scan(&have); err != nil {
+		return 0, fmt.Errorf("outbox: read the schema version: %w", err)
+	}
+	return have, nil
+}
+
+// LatestVersion is the schema version this pg2kafka's migrations reach,
+// which it needs to ship.
+func LatestVersion() int64 {
+	v, err := latestVersion()
+	if err != nil {
+		panic(err) // the migrations are embedded: only a broken build lacks them
+	}
+	return v
+}
+
 // latestVersion is the version of the newest embedded migration.
 func latestVersion() (int64, error) {
 	names, err := fs.Glob(migrations.FS, "*.sql")

@@ -55,6 +55,16 @@ func (e *Event) Table() Table { return Table{Schema: e.TableSchema, Name: e.Tabl
 // and with it the xmin horizon, for long. Postgres' warnings to any of the
 // pool's sessions are logged, its notices at debug level.
 func Connect(ctx context.Context, connString string, idleInTxTimeout time.Duration, logger *slog.Logger) (*pgxpool.Pool, error) {
+	return connect(ctx, connString, idleInTxTimeout, logger, true)
+}
+
+// Open is Connect for a command run by hand: it tries once, and returns the
+// error if Postgres does not answer.
+func Open(ctx context.Context, connString string, logger *slog.Logger) (*pgxpool.Pool, error) {
+	return connect(ctx, connString, 0, logger, false)
+}
+
+func connect(ctx context.Context, connString string, idleInTxTimeout time.Duration, logger *slog.Logger, wait bool) (*pgxpool.Pool, error) {
 	cfg, err := pgxpool.ParseConfig(connString)
 	if err != nil {
 		return nil, fmt.Errorf("outbox: parse DATABASE_URL: %w", err)
@@ -78,7 +88,7 @@ func Connect(ctx context.Context, connString string, idleInTxTimeout time.Durati
 		if err == nil {
 			return pool, nil
 		}
-		if ctx.Err() != nil || isPermanent(err) {
+		if ctx.Err() != nil || isPermanent(err) || !wait {
 			pool.Close()
 			return nil, fmt.Errorf("outbox: connect to %s: %w", where, err)
 		}

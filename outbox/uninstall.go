@@ -48,6 +48,14 @@ $$`
 // transaction (each migration rolls back in its own): after a failure, fix
 // its cause and call it again, and it carries on where it stopped.
 func Uninstall(ctx context.Context, pool *pgxpool.Pool, logger *slog.Logger) error {
+	var schema bool
+	if err := pool.QueryRow(ctx, `SELECT to_regnamespace('pg2kafka') IS NOT NULL`).Scan(&schema); err != nil {
+		return fmt.Errorf("outbox: uninstall: %w", err)
+	}
+	if !schema {
+		logger.Info("nothing to uninstall: pg2kafka is not installed in this database")
+		return nil
+	}
 	var installed bool
 	if err := pool.QueryRow(ctx, `SELECT to_regclass('pg2kafka.outbound_event_queue') IS NOT NULL`).Scan(&installed); err != nil {
 		return fmt.Errorf("outbox: uninstall: %w", err)

@@ -1,0 +1,191 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/sasl/plain"
+	"github.com/twmb/franz-go/pkg/sasl/scram"
+	"github.com/twmb/franz-go/plugin/kslog"
+
+	"github.com/pg2kafka/pg2kafka/outbox"
+	"github.com/pg2kafka/pg2kafka/shipper"
+)
+
+// shipCommandLine is ship's command line: every setting.
+func shipCommandLine() *commandLine {
+	cl := newCommandLine("ship", "pg2kafka [command] [flags]", `pg2kafka ships Postgres row changes to Kafka through a transactional outbox.`)
+	cl.synopsis += "\n\nCommands (pg2kafka COMMAND -help tells more):\n" + commandList() + "\nWithout a command pg2kafka ships: pg2kafka [ship] [flags]."
+	cl.docs = "docs/configuration.md"
+	return cl.uses(shipOnly, everyCommand)
+}
+
+// runShip is pg2kafka ship, from configuration to shutdown; it returns once
+// ctx ends and the batch in flight is settled.
+func runShip(ctx context.Context, args []string, env environment) error {
+	stdout, stderr := env.stdout, env.stderr
+	cfg, err := parseConfig(args, env.getenv, stdout)
+	if err != nil {
+		return err
+	}
+	logger := newLogger(cfg, stderr, cfg.LogLevel)
+	// Loaded before anything else, so that an unreadable certificate stops
+	// pg2kafka at once rather than after Postgres has been waited for.
+	var kafkaSecurity []kgo.Opt
+	if !cfg.DryRun {
+		if kafkaSecurity, err = kafkaSecurityOpts(cfg); err != nil {
+			return err
+		}
+		if cfg.KafkaSASLMechanism == "PLAIN" && !cfg.KafkaTLS {
+			logger.Warn("KAFKA_SASL_MECHANISM=PLAIN without TLS sends the password to the brokers unencrypted; set KAFKA_TLS=true unless the network is trusted")
+		}
+	}
+
+	pool, err := outbox.Connect(ctx, cfg.DatabaseURL, cfg.SendTimeout+cfg.ShutdownTimeout+30*time.Second, logger)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil // asked to stop while waiting for Postgres
+		}
+		return err
+	}
+	defer pool.Close()
+
+	if cfg.PerformMigrations {
+		if err := outbox.Migrate(ctx, pool, logger); err != nil {
+			return err
+		}
+	}
+	if err := outbox.CheckSchema(ctx, pool); err != nil {
+		return err
+	}
+	database, err := outbox.CurrentDatabase(ctx, pool)
+	if err != nil {
+		return err
+	}
+
+	var sink shipper.Sink
+	if cfg.DryRun {
+		sink = shipper.NewWriterSink(stdout)
+	} else {
+		opts := append([]kgo.Opt{
+			kgo.SeedBrokers(cfg.KafkaBrokers...),
+			kgo.ProducerBatchCompression(compressionCodecs[cfg.KafkaCompression]),
+			kgo.ProducerLinger(cfg.KafkaLinger),
+			// franz-go narrates routine events at info level; keep its warnings.
+			kgo.WithLogger(kslog.New(newLogger(cfg, stderr, max(cfg.LogLevel, slog.LevelWarn)).With(slog.String("component", "kafka")))),
+		}, kafkaSecurity...)
+		kafka, err := shipper.NewKafkaSink(shipper.KafkaConfig{
+			CreateTopics:           cfg.KafkaCreateTopics,
+			TopicPartitions:        cfg.KafkaTopicPartitions,
+			TopicReplicationFactor: cfg.KafkaTopicReplicationFactor,
+		}, opts...)
+		if err != nil {
+			return err
+		}
+		sink = kafka
+	}
+	defer sink.Close()
+
+	attrs := []any{
+		slog.String("database", database),
+		slog.Bool("dry_run", cfg.DryRun),
+		slog.Any("brokers", cfg.KafkaBrokers),
+		slog.Bool("kafka_tls", cfg.KafkaTLS),
+	}
+	if cfg.KafkaSASLMechanism != "" {
+		attrs = append(attrs, slog.String("kafka_sasl_mechanism", cfg.KafkaSASLMechanism), slog.String("kafka_sasl_username", cfg.KafkaSASLUsername))
+	}
+	attrs = append(attrs, slog.Int("batch_size", cfg.BatchSize), slog.Int("workers", cfg.Workers))
+	logger.Info("pg2kafka shipping", attrs...)
+	s := shipper.New(shipper.Config{
+		Database:        database,
+		TopicNamespace:  cfg.TopicNamespace,
+		BatchSize:       cfg.BatchSize,
+		Workers:         cfg.Workers,
+		PollInterval:    cfg.PollInterval,
+		SendTimeout:     cfg.SendTimeout,
+		ShutdownTimeout: cfg.ShutdownTimeout,
+		Logger:          logger,
+	}, outbox.NewQueue(pool), sink)
+	err = s.Run(ctx)
+	logger.Info("pg2kafka stopped")
+	return err
+}
+
+// kafkaSecurityOpts returns the franz-go options for the TLS and SASL
+// settings, reading the certificate files. A file that cannot be used is a
+// configuration error naming the setting, the file and the reason.
+func kafkaSecurityOpts(cfg Config) ([]kgo.Opt, error) {
+	var opts []kgo.Opt
+	if cfg.KafkaTLS {
+		tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: cfg.KafkaTLSServerName}
+		if cfg.KafkaTLSCAFile != "" {
+			pem, err := readSettingFile("KAFKA_TLS_CA_FILE", cfg.KafkaTLSCAFile)
+			if err != nil {
+				return nil, err
+			}
+			tlsCfg.RootCAs = x509.NewCertPool()
+			if !tlsCfg.RootCAs.AppendCertsFromPEM(pem) {
+				return nil, &configError{fmt.Sprintf("KAFKA_TLS_CA_FILE=%q: holds no PEM certificate; want the CA certificates that sign the brokers' certificates, in PEM", cfg.KafkaTLSCAFile)}
+			}
+		}
+		if cfg.KafkaTLSCertFile != "" {
+			certPEM, err := readSettingFile("KAFKA_TLS_CERT_FILE", cfg.KafkaTLSCertFile)
+			if err != nil {
+				return nil, err
+			}
+			keyPEM, err := readSettingFile("KAFKA_TLS_KEY_FILE", cfg.KafkaTLSKeyFile)
+			if err != nil {
+				return nil, err
+			}
+			// crypto/tls's messages name what is wrong, never the key.
+			cert, err := tls.X509KeyPair(certPEM, keyPEM)
+			if err != nil {
+				return nil, &configError{fmt.Sprintf("KAFKA_TLS_CERT_FILE=%q, KAFKA_TLS_KEY_FILE=%q: %v; want a PEM certificate and its unencrypted PEM private key", cfg.KafkaTLSCertFile, cfg.KafkaTLSKeyFile, err)}
+			}
+			tlsCfg.Certificates = []tls.Certificate{cert}
+		}
+		opts = append(opts, kgo.DialTLSConfig(tlsCfg))
+	}
+	user, pass := cfg.KafkaSASLUsername, cfg.KafkaSASLPassword
+	switch cfg.KafkaSASLMechanism {
+	case "PLAIN":
+		opts = append(opts, kgo.SASL(plain.Auth{User: user, Pass: pass}.AsMechanism()))
+	case "SCRAM-SHA-256":
+		opts = append(opts, kgo.SASL(scram.Auth{User: user, Pass: pass}.AsSha256Mechanism()))
+	case "SCRAM-SHA-512":
+		opts = append(opts, kgo.SASL(scram.Auth{User: user, Pass: pass}.AsSha512Mechanism()))
+	}
+	return opts, nil
+}
+
+// readSettingFile reads the file a setting names; the error names both, and
+// why the file cannot be read.
+func readSettingFile(setting, path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		var pathErr *fs.PathError
+		if errors.As(err, &pathErr) {
+			err = pathErr.Err
+		}
+		return nil, &configError{fmt.Sprintf("%s=%q: cannot read the file: %v", setting, path, err)}
+	}
+	return b, nil
+}
+
+// compressionCodecs maps KAFKA_COMPRESSION's values to franz-go's codecs.
+var compressionCodecs = map[string]kgo.CompressionCodec{
+	"none":   kgo.NoCompression(),
+	"gzip":   kgo.GzipCompression(),
+	"snappy": kgo.SnappyCompression(),
+	"lz4":    kgo.Lz4Compression(),
+	"zstd":   kgo.ZstdCompression(),
+}

@@ -407,15 +407,15 @@ func TestRefusesASchemaOfAnotherVersion(t *testing.T) {
 			if err := outbox.Migrate(ctx, pool, slog.New(slog.DiscardHandler)); err != nil {
 				return err
 			}
-			return outbox.MigrateDownTo(ctx, pool, 5)
-		}, "pg2kafka: outbox: the pg2kafka schema is at version 5 and this pg2kafka needs version 6: " + install},
+			return outbox.MigrateDownTo(ctx, pool, 6)
+		}, "pg2kafka: outbox: the pg2kafka schema is at version 6 and this pg2kafka needs version 7: " + install},
 		{"newer", func(ctx context.Context, pool *pgxpool.Pool) error {
 			if err := outbox.Migrate(ctx, pool, slog.New(slog.DiscardHandler)); err != nil {
 				return err
 			}
-			_, err := pool.Exec(ctx, `INSERT INTO pg2kafka.goose_db_version (version_id, is_applied) VALUES (7, true)`)
+			_, err := pool.Exec(ctx, `INSERT INTO pg2kafka.goose_db_version (version_id, is_applied) VALUES (8, true)`)
 			return err
-		}, "pg2kafka: outbox: the pg2kafka schema is at version 7, newer than this pg2kafka knows (6): run the pg2kafka release that installed it, or a newer one"},
+		}, "pg2kafka: outbox: the pg2kafka schema is at version 8, newer than this pg2kafka knows (7): run the pg2kafka release that installed it, or a newer one"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()

@@ -56,6 +56,11 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// Logger receives the shipper's logs. Default: discard.
 	Logger *slog.Logger
+	// OnSettled, if set, is called by a worker after each batch it shipped
+	// is settled, before it claims the next. It must return at once, as
+	// the worker waits for it, and must not keep the Settled's slices,
+	// which the worker reuses. Default: none.
+	OnSettled func(*Settled)
 }
 
 func (c *Config) withDefaults() Config {
@@ -116,6 +121,8 @@ type Shipper struct {
 	sink  Sink
 	// deadLettered counts the events moved to the dead-letter table.
 	deadLettered atomic.Int64
+	running      atomic.Bool
+	workers      atomic.Pointer[[]*worker]
 }
 
 // New returns a shipper from queue to sink.
@@ -148,9 +155,13 @@ func (s *Shipper) Run(ctx context.Context) error {
 		// join now keeps trying in its loop.
 		if err := w.claimer.Join(ctx); err != nil && ctx.Err() == nil {
 			w.logger.Warn("could not join the shippers yet; retrying", slog.Any("error", err))
+			w.state.note(nil, err)
 		}
 		workers = append(workers, w)
 	}
+	s.workers.Store(&workers)
+	s.running.Store(true)
+	defer s.running.Store(false)
 	var wg sync.WaitGroup
 	for _, w := range workers {
 		wg.Go(func() { w.run(ctx) })
@@ -183,6 +194,10 @@ type worker struct {
 	// RebalanceInterval, so that handing lanes over takes milliseconds.
 	balanced     bool
 	deadLettered *atomic.Int64
+	// state is what State reports of the worker; failed is true after a
+	// step that met a database error, until one that did not.
+	state  workerState
+	failed bool
 }
 
 // minPollInterval is the first wait after a claim finds nothing. The waits
@@ -196,6 +211,13 @@ func (w *worker) run(ctx context.Context) {
 	idle := minPollInterval
 	for ctx.Err() == nil {
 		claimed, err := w.step(ctx)
+		if err != nil && ctx.Err() == nil {
+			w.state.note(nil, err)
+			w.failed = true
+		} else if w.failed && err == nil {
+			w.state.note(w.claimer.Lanes(), nil)
+			w.failed = false
+		}
 		switch {
 		case ctx.Err() != nil:
 		case err != nil:
@@ -220,6 +242,7 @@ func (w *worker) step(ctx context.Context) (int, error) {
 			return 0, err
 		}
 		w.balanced, w.lastRebalance = balanced, time.Now()
+		w.state.note(w.claimer.Lanes(), nil)
 	}
 	return w.shipBatch(ctx)
 }
@@ -285,6 +308,12 @@ func (w *worker) shipBatch(ctx context.Context) (int, error) {
 		return 0, err
 	}
 
+	if w.cfg.OnSettled != nil {
+		w.cfg.OnSettled(&Settled{
+			Events: batch.Events, Messages: msgs, Errs: errs,
+			Claimed: claimStart, Acknowledged: sendStart.Add(sent), Committed: time.Now(),
+		})
+	}
 	w.noteDeadLetters(batch.Events, msgs, errs, refused)
 	w.noteResults(batch.Events, errs, failures)
 	w.logger.Debug("batch shipped", slog.Int("events", len(batch.Events)), slog.Int("acknowledged", len(acked)),

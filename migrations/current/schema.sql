@@ -373,6 +373,8 @@ BEGIN
     GRANT SELECT ON pg2kafka.installation TO pg2kafka_shipper;
     GRANT SELECT ON pg2kafka.goose_db_version TO pg2kafka_shipper;
     GRANT EXECUTE ON FUNCTION pg2kafka.event_uuid(bigint, timestamptz) TO pg2kafka_shipper;
+    GRANT SELECT (table_schema, table_name) ON pg2kafka.tracked_tables TO pg2kafka_shipper;
+    GRANT SELECT (table_schema, table_name) ON pg2kafka.dead_letter_events TO pg2kafka_shipper;
     RETURN true;
 END
 $function$;
@@ -691,12 +693,13 @@ COMMENT ON FUNCTION pg2kafka.event_uuid(bigint,timestamp with time zone) IS 'The
 -- GRANTS
 
 GRANT USAGE ON SCHEMA pg2kafka TO pg2kafka_shipper;
-GRANT INSERT ON TABLE pg2kafka.dead_letter_events TO pg2kafka_shipper;
+GRANT INSERT, SELECT (table_name), SELECT (table_schema) ON TABLE pg2kafka.dead_letter_events TO pg2kafka_shipper;
 GRANT SELECT ON TABLE pg2kafka.goose_db_version TO pg2kafka_shipper;
 GRANT SELECT ON TABLE pg2kafka.installation TO pg2kafka_shipper;
 GRANT DELETE, SELECT, UPDATE (id) ON TABLE pg2kafka.outbound_event_queue TO pg2kafka_shipper;
+GRANT SELECT (table_name), SELECT (table_schema) ON TABLE pg2kafka.tracked_tables TO pg2kafka_shipper;
 GRANT EXECUTE ON FUNCTION pg2kafka.event_uuid(bigint,timestamp with time zone) TO pg2kafka_shipper;
 
 -- MIGRATIONS APPLIED
 
--- goose version 6
+-- goose version 7

@@ -14,7 +14,7 @@ import (
 )
 
 // The bad input catalogue: each case either fails with a clear error or has
-// the outcome asserted here, which the README's "Edge cases" table lists.
+// the outcome asserted here, which the "Edge cases" table of docs/guarantees.md lists.
 // Cases setup_test.go covers already (injection-shaped, missing, mixed-case
 // and 63-byte table names) are not repeated.
 
@@ -266,7 +266,7 @@ func TestBadInputDropTrackedTable(t *testing.T) {
 		t.Errorf("registry relation = %s, want the dropped table's OID %s", relation, want)
 	}
 
-	// The cleanup the README gives.
+	// The cleanup docs/guarantees.md gives.
 	b.exec(t, `SELECT pg2kafka.teardown(relation) FROM pg2kafka.tracked_tables WHERE NOT EXISTS (SELECT FROM pg_class WHERE oid = relation)`)
 	if n := b.count(t, `SELECT count(*) FROM pg2kafka.tracked_tables`); n != 0 {
 		t.Errorf("%d registry rows left, want 0", n)

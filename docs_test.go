@@ -67,7 +67,6 @@ func anchors(text string) map[string]bool {
 	return found
 }
 
-
 var markdownLink = regexp.MustCompile(`\]\(([^)\s]+)\)`)
 
 // TestDocsLinksResolve follows every relative link of the README and of

@@ -84,7 +84,7 @@ func TestShippersListsEachClaimerAndItsLanes(t *testing.T) {
 	pool := b.shipperPool(t)
 	var claimers []*outbox.Claimer
 	for range 2 {
-		c := outbox.NewQueue(pool).NewClaimer(slog.New(slog.DiscardHandler))
+		c := outbox.NewQueue(pool).NewClaimer(slog.New(slog.DiscardHandler), 0)
 		t.Cleanup(func() { c.Close(b.ctx) })
 		if err := c.Join(b.ctx); err != nil {
 			t.Fatal(err)

@@ -92,3 +92,29 @@ ensure_go() {
 	fi
 	command -v go >/dev/null || die "go not found on PATH or in /usr/local/go/bin"
 }
+
+# rabbitmq_up reports whether something accepts connections on the AMQP port.
+rabbitmq_up() {
+	(exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null
+}
+
+# ensure_rabbitmq makes sure the local RabbitMQ (127.0.0.1:5672, guest/guest)
+# that the RabbitMQ sink's tests use accepts connections: started, or
+# installed with apt-get, as needed.
+ensure_rabbitmq() {
+	if rabbitmq_up; then
+		return
+	fi
+	if ! command -v rabbitmq-server >/dev/null; then
+		echo "RabbitMQ is not installed; installing it with apt-get"
+		as_root apt-get update -q
+		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q rabbitmq-server
+	fi
+	if ! rabbitmq_up; then
+		echo "starting RabbitMQ"
+		# Fails harmlessly when the package install already started it.
+		as_root rabbitmq-server -detached || true
+	fi
+	wait_for 60 rabbitmq_up ||
+		die "RabbitMQ did not accept connections on 127.0.0.1:5672 within 60s"
+}

@@ -150,11 +150,11 @@ func send(t testing.TB, sink shipper.Sink, msgs []shipper.Message) []error {
 	return errs
 }
 
-// shipAll sends msgs as the shipper does: again and again, each time the
+// ShipAll sends msgs as the shipper does: again and again, each time the
 // messages not yet acknowledged, in their order, until every one is
 // acknowledged or refused. It fails the test when a round makes no progress
 // ten times. It returns the messages refused, by index.
-func shipAll(t testing.TB, sink shipper.Sink, msgs []shipper.Message) map[int]error {
+func ShipAll(t testing.TB, sink shipper.Sink, msgs []shipper.Message) map[int]error {
 	t.Helper()
 	todo := make([]int, len(msgs))
 	for i := range todo {
@@ -184,6 +184,9 @@ func shipAll(t testing.TB, sink shipper.Sink, msgs []shipper.Message) map[int]er
 				}
 				left = append(left, todo[k])
 			}
+		}
+		if len(left) > 0 {
+			t.Logf("%d of %d messages not acknowledged, sent again; the first failed with: %v", len(left), len(todo), lastErr)
 		}
 		todo = left
 	}
@@ -220,12 +223,12 @@ func checkHeldBack(t testing.TB, msgs []shipper.Message, errs []error) {
 	}
 }
 
-// checkReceived checks that the destination received exactly want, each
+// CheckReceived checks that the destination received exactly want, each
 // once, each key's in want's order (messages without a key in any order).
 // A message want[i] for which dupesOK(i) holds may be received more than
 // once, as at-least-once allows after a delivery whose answer was lost, as
 // long as each key's first receipts are in order.
-func checkReceived(t testing.TB, recv Receiver, want []shipper.Message, dupesOK func(i int) bool) {
+func CheckReceived(t testing.TB, recv Receiver, want []shipper.Message, dupesOK func(i int) bool) {
 	t.Helper()
 	got := recv.Received(t)
 	index := make(map[string]int, len(want))
@@ -274,7 +277,7 @@ func testDelivers(t *testing.T, sink shipper.Sink, recv Receiver) {
 			t.Errorf("message %d: %v; want it acknowledged", i, err)
 		}
 	}
-	checkReceived(t, recv, msgs, nil)
+	CheckReceived(t, recv, msgs, nil)
 }
 
 func testConcurrentSends(t *testing.T, sink shipper.Sink, recv Receiver) {
@@ -306,7 +309,7 @@ func testConcurrentSends(t *testing.T, sink shipper.Sink, recv Receiver) {
 			}
 		}
 	}
-	checkReceived(t, recv, all, nil)
+	CheckReceived(t, recv, all, nil)
 }
 
 func testEmptySend(t *testing.T, sink shipper.Sink, recv Receiver) {
@@ -339,8 +342,8 @@ func testContextAlreadyEnded(t *testing.T, sink shipper.Sink, recv Receiver) {
 	// Nothing was acknowledged, so the messages go again; each key must
 	// then be received in order, once or, if the ended Send got some out
 	// anyway, again.
-	shipAll(t, sink, msgs)
-	checkReceived(t, recv, msgs, func(int) bool { return true })
+	ShipAll(t, sink, msgs)
+	CheckReceived(t, recv, msgs, func(int) bool { return true })
 }
 
 func testFailedDeliveryRetried(t *testing.T, sink shipper.Sink, recv Receiver) {
@@ -363,8 +366,8 @@ func testFailedDeliveryRetried(t *testing.T, sink shipper.Sink, recv Receiver) {
 	if got := recv.Received(t); len(got) != 0 {
 		t.Errorf("destination kept %d messages of deliveries that failed", len(got))
 	}
-	shipAll(t, sink, msgs)
-	checkReceived(t, recv, msgs, nil)
+	ShipAll(t, sink, msgs)
+	CheckReceived(t, recv, msgs, nil)
 }
 
 func testOrderAcrossRetries(t *testing.T, sink shipper.Sink, recv Receiver) {
@@ -395,8 +398,8 @@ func testOrderAcrossRetries(t *testing.T, sink shipper.Sink, recv Receiver) {
 	if !failedA {
 		t.Fatal("no message of key a failed although its deliveries were made to fail")
 	}
-	shipAll(t, sink, retry)
-	checkReceived(t, recv, msgs, nil)
+	ShipAll(t, sink, retry)
+	CheckReceived(t, recv, msgs, nil)
 }
 
 func testRefusedAlone(t *testing.T, sink shipper.Sink, recv Receiver) {
@@ -407,7 +410,7 @@ func testRefusedAlone(t *testing.T, sink shipper.Sink, recv Receiver) {
 	msgs := Messages("refused", 20, []byte("a"), []byte("b"), []byte("c"), []byte("d"))
 	const poison = 5 // key b
 	r.Refuse(t, &msgs[poison])
-	refused := shipAll(t, sink, msgs)
+	refused := ShipAll(t, sink, msgs)
 	if len(refused) != 1 || refused[poison] == nil {
 		t.Fatalf("refused messages %v; want message %d alone", refused, poison)
 	}
@@ -416,7 +419,7 @@ func testRefusedAlone(t *testing.T, sink shipper.Sink, recv Receiver) {
 		t.Errorf("RejectedError %+v: want the reason, at least one attempt, and when the first and the last failed", rej)
 	}
 	want := append(append([]shipper.Message(nil), msgs[:poison]...), msgs[poison+1:]...)
-	checkReceived(t, recv, want, nil)
+	CheckReceived(t, recv, want, nil)
 }
 
 func testContextExpiry(t *testing.T, sink shipper.Sink, recv Receiver) {
@@ -473,6 +476,6 @@ func testContextExpiry(t *testing.T, sink shipper.Sink, recv Receiver) {
 			retry = append(retry, msgs[i])
 		}
 	}
-	shipAll(t, sink, retry)
-	checkReceived(t, recv, msgs, func(i int) bool { return errs[i] != nil })
+	ShipAll(t, sink, retry)
+	CheckReceived(t, recv, msgs, func(i int) bool { return errs[i] != nil })
 }

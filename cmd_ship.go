@@ -106,14 +106,15 @@ func runShip(ctx context.Context, args []string, env environment) error {
 	attrs = append(attrs, slog.Int("batch_size", cfg.BatchSize), slog.Int("workers", cfg.Workers))
 	logger.Info("pg2kafka shipping", attrs...)
 	s := shipper.New(shipper.Config{
-		Database:        database,
-		TopicNamespace:  cfg.TopicNamespace,
-		BatchSize:       cfg.BatchSize,
-		Workers:         cfg.Workers,
-		PollInterval:    cfg.PollInterval,
-		SendTimeout:     cfg.SendTimeout,
-		ShutdownTimeout: cfg.ShutdownTimeout,
-		Logger:          logger,
+		Database:            database,
+		TopicNamespace:      cfg.TopicNamespace,
+		BatchSize:           cfg.BatchSize,
+		Workers:             cfg.Workers,
+		PollInterval:        cfg.PollInterval,
+		SendTimeout:         cfg.SendTimeout,
+		ShutdownTimeout:     cfg.ShutdownTimeout,
+		LaneTakeoverTimeout: cfg.LaneTakeoverTimeout,
+		Logger:              logger,
 	}, outbox.NewQueue(pool), sink)
 	err = s.Run(ctx)
 	logger.Info("pg2kafka stopped")

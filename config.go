@@ -51,8 +51,11 @@ type Config struct {
 	PollInterval       time.Duration
 	SendTimeout        time.Duration
 	ShutdownTimeout    time.Duration
-	LogLevel           slog.Level
-	LogFormat          string
+	// LaneTakeoverTimeout bounds how long a replica that stopped keeps its
+	// lanes. Default 10s.
+	LaneTakeoverTimeout time.Duration
+	LogLevel            slog.Level
+	LogFormat           string
 
 	// brokersTLS records that KAFKA_PRODUCER_URL's scheme asks for TLS, until
 	// parseConfig folds it into KafkaTLS.
@@ -183,11 +186,21 @@ func settings() []setting {
 			help:  "Longest a worker waits before looking for events again after finding none (the wait starts at 2ms and doubles while none come); after any event it looks again at once.",
 			parse: durationInto(func(c *Config) *time.Duration { return &c.PollInterval })},
 		{env: []string{"SEND_TIMEOUT"}, flag: "send-timeout", def: "30s",
-			help:  "Longest a batch waits for Kafka's acknowledgements before it is rolled back and retried.",
+			help:  "Longest a batch waits for Kafka's acknowledgements before it is rolled back and retried. It may be longer than LANE_TAKEOVER_TIMEOUT: a worker waiting for Kafka keeps its claim alive.",
 			parse: durationInto(func(c *Config) *time.Duration { return &c.SendTimeout })},
 		{env: []string{"SHUTDOWN_TIMEOUT"}, flag: "shutdown-timeout", def: "5s",
 			help:  "On SIGINT/SIGTERM, how long the batch in flight may still wait for acknowledgements.",
 			parse: durationInto(func(c *Config) *time.Duration { return &c.ShutdownTimeout })},
+		{env: []string{"LANE_TAKEOVER_TIMEOUT"}, flag: "lane-takeover-timeout", def: "10s",
+			help: "Longest the lanes of a replica that stopped (frozen, or cut off from Postgres) stay its own before the other replicas take them over (1s to 1h): Postgres ends the replica's sessions once they have been silent for half of it. A replica that is only idle, backing off or waiting for Kafka keeps them.",
+			parse: func(c *Config, v string) error {
+				d, err := time.ParseDuration(v)
+				if err != nil || d < time.Second || d > time.Hour {
+					return errors.New("must be a duration from 1s to 1h, such as 10s or 30s")
+				}
+				c.LaneTakeoverTimeout = d
+				return nil
+			}},
 		{env: []string{"LOG_LEVEL"}, flag: "log-level", def: "info", scope: everyCommand,
 			help: "debug, info, warn or error.",
 			parse: func(c *Config, v string) error {

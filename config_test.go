@@ -39,6 +39,7 @@ func defaultConfig() Config {
 		PollInterval:                50 * time.Millisecond,
 		SendTimeout:                 30 * time.Second,
 		ShutdownTimeout:             5 * time.Second,
+		LaneTakeoverTimeout:         10 * time.Second,
 		LogLevel:                    slog.LevelInfo,
 		LogFormat:                   "text",
 	}
@@ -111,6 +112,7 @@ func TestParseConfig(t *testing.T) {
 			"POLL_INTERVAL":                  "250ms",
 			"SEND_TIMEOUT":                   "1m",
 			"SHUTDOWN_TIMEOUT":               "2s",
+			"LANE_TAKEOVER_TIMEOUT":          "30s",
 			"LOG_LEVEL":                      "debug",
 			"LOG_FORMAT":                     "json",
 		}, nil, func(c *Config) {
@@ -137,6 +139,7 @@ func TestParseConfig(t *testing.T) {
 				PollInterval:                250 * time.Millisecond,
 				SendTimeout:                 time.Minute,
 				ShutdownTimeout:             2 * time.Second,
+				LaneTakeoverTimeout:         30 * time.Second,
 				LogLevel:                    slog.LevelDebug,
 				LogFormat:                   "json",
 			}
@@ -329,6 +332,10 @@ func TestParseConfigErrors(t *testing.T) {
 			`SHUTDOWN_TIMEOUT="-5s": ` + durationAllowed},
 		{"poll-interval flag", nil, []string{"-poll-interval=soon"},
 			`-poll-interval="soon": ` + durationAllowed},
+		{"lane takeover timeout too short", map[string]string{"LANE_TAKEOVER_TIMEOUT": "500ms"}, nil,
+			`LANE_TAKEOVER_TIMEOUT="500ms": must be a duration from 1s to 1h, such as 10s or 30s`},
+		{"lane-takeover-timeout flag too long", nil, []string{"-lane-takeover-timeout=2h"},
+			`-lane-takeover-timeout="2h": must be a duration from 1s to 1h, such as 10s or 30s`},
 
 		{"LOG_LEVEL", map[string]string{"LOG_LEVEL": "verbose"}, nil,
 			`LOG_LEVEL="verbose": must be debug, info, warn or error`},
@@ -431,6 +438,7 @@ func TestParseConfigHelpListsEverySetting(t *testing.T) {
 		"  POLL_INTERVAL, -poll-interval (default 50ms)\n",
 		"  SEND_TIMEOUT, -send-timeout (default 30s)\n",
 		"  SHUTDOWN_TIMEOUT, -shutdown-timeout (default 5s)\n",
+		"  LANE_TAKEOVER_TIMEOUT, -lane-takeover-timeout (default 10s)\n",
 		"  LOG_LEVEL, -log-level (default info)\n",
 		"  LOG_FORMAT, -log-format (default text)\n",
 	}

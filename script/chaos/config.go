@@ -18,6 +18,9 @@ const (
 	batchSize       = 500
 	sendTimeout     = 5 * time.Second
 	shutdownTimeout = 5 * time.Second
+	// laneTakeoverTimeout is shorter than pg2kafka's default so that the
+	// freezes, each longer than it, keep the run short.
+	laneTakeoverTimeout = 5 * time.Second
 )
 
 // Scenario names, in the order they run.
@@ -26,9 +29,10 @@ const (
 	scenarioBroker   = "broker"
 	scenarioPostgres = "postgres"
 	scenarioSigterm  = "sigterm"
+	scenarioFreeze   = "freeze"
 )
 
-var allScenarios = []string{scenarioKill, scenarioBroker, scenarioPostgres, scenarioSigterm}
+var allScenarios = []string{scenarioKill, scenarioBroker, scenarioPostgres, scenarioSigterm, scenarioFreeze}
 
 type config struct {
 	AdminURL      string
@@ -41,6 +45,7 @@ type config struct {
 	Outage        time.Duration
 	Terminations  int
 	SigtermRounds int
+	Freezes       int
 	WriterRate    int
 	HeavyRate     int
 	MaxRSSMiB     int
@@ -66,13 +71,14 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.Outage, "outage", 60*time.Second, "broker: how long the broker stays down")
 	fs.IntVar(&c.Terminations, "terminations", 10, "postgres: pg_terminate_backend rounds, 1s apart, before the server restart")
 	fs.IntVar(&c.SigtermRounds, "sigterm-rounds", 3, "sigterm: how many times all replicas are stopped with SIGTERM and restarted")
-	fs.IntVar(&c.WriterRate, "writer-rate", 2000, "events per second a writer adds while faults are injected (kill, broker, postgres); 0: none")
+	fs.IntVar(&c.Freezes, "freezes", 10, "freeze: how many times a random replica is stopped with SIGSTOP, for one to two LANE_TAKEOVER_TIMEOUTs, and woken")
+	fs.IntVar(&c.WriterRate, "writer-rate", 2000, "events per second a writer adds while faults are injected (kill, broker, postgres, freeze); 0: none")
 	fs.IntVar(&c.HeavyRate, "heavy-rate", 20_000, "sigterm: events per second the writer adds meanwhile")
 	fs.IntVar(&c.MaxRSSMiB, "max-rss", 512, "broker: most resident memory, in MiB, a replica may use during the outage")
 	fs.DurationVar(&c.Timeout, "timeout", 10*time.Minute, "bound of every wait: a drain, a catch-up, a read of the topic")
 	fs.Uint64Var(&c.Seed, "seed", 0, "random seed for the fault schedule; 0 picks one (printed, to repeat a run)")
 	fs.BoolVar(&c.Keep, "keep", false, "keep the temporary directory (binaries, logs, broker data) even when every scenario passes")
-	fs.BoolVar(&c.Quick, "quick", false, "a fast check: 50000 events over 1000 keys, 10 kills, a 10s outage, 2 SIGTERM rounds")
+	fs.BoolVar(&c.Quick, "quick", false, "a fast check: 50000 events over 1000 keys, 10 kills, a 10s outage, 2 SIGTERM rounds, 4 freezes")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -88,6 +94,7 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 			"kills":          func() { c.Kills = 10 },
 			"outage":         func() { c.Outage = 10 * time.Second },
 			"sigterm-rounds": func() { c.SigtermRounds = 2 },
+			"freezes":        func() { c.Freezes = 4 },
 		}
 		for name, apply := range quick {
 			if !set[name] {
@@ -120,8 +127,8 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 		return nil, fmt.Errorf("-events %d: must be at least -keys (%d), one INSERT per key", c.Events, c.Keys)
 	case c.Pad < 0:
 		return nil, fmt.Errorf("-pad %d: must be 0 or more", c.Pad)
-	case c.Kills < 0, c.Terminations < 0, c.SigtermRounds < 0:
-		return nil, errors.New("-kills, -terminations and -sigterm-rounds must be 0 or more")
+	case c.Kills < 0, c.Terminations < 0, c.SigtermRounds < 0, c.Freezes < 0:
+		return nil, errors.New("-kills, -terminations, -sigterm-rounds and -freezes must be 0 or more")
 	case c.WriterRate < 0 || c.HeavyRate < 0:
 		return nil, errors.New("-writer-rate and -heavy-rate must be 0 or more")
 	case c.Outage <= 0 || c.Timeout <= 0:

@@ -17,6 +17,9 @@
 //	          the Postgres server
 //	sigterm   with a writer running, SIGTERM every replica (each must exit 0
 //	          within SHUTDOWN_TIMEOUT + 5s) and restart them; no duplicates
+//	freeze    with a writer running, SIGSTOP a random replica for one to two
+//	          LANE_TAKEOVER_TIMEOUTs and SIGCONT it, -freezes times; reports
+//	          the longest any key waited for an event written meanwhile
 //
 // Then it waits for the queue to empty and the topic to settle, reads every
 // record, and checks each key's versions: all arrived, in order, replays of
@@ -237,6 +240,7 @@ func (c *chaos) replicaEnv(i int) []string {
 		fmt.Sprintf("BATCH_SIZE=%d", batchSize),
 		"SEND_TIMEOUT=" + sendTimeout.String(),
 		"SHUTDOWN_TIMEOUT=" + shutdownTimeout.String(),
+		"LANE_TAKEOVER_TIMEOUT=" + laneTakeoverTimeout.String(),
 		"LOG_LEVEL=warn",
 	}
 	if i == 0 {

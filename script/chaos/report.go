@@ -11,8 +11,8 @@ import (
 // then each scenario's failures and notes.
 func writeReport(w io.Writer, cfg *config, results []*result) {
 	fmt.Fprintf(w, "\n## pg2kafka chaos: never lose, never reorder\n\n")
-	fmt.Fprintf(w, "%d replicas × %d workers, BATCH_SIZE=%d, SEND_TIMEOUT=%s, SHUTDOWN_TIMEOUT=%s; %d keys, -events %d, -writer-rate %d/s, seed %d\n\n",
-		replicaCount, workers, batchSize, sendTimeout, shutdownTimeout, cfg.Keys, cfg.Events, cfg.WriterRate, cfg.Seed)
+	fmt.Fprintf(w, "%d replicas × %d workers, BATCH_SIZE=%d, SEND_TIMEOUT=%s, SHUTDOWN_TIMEOUT=%s, LANE_TAKEOVER_TIMEOUT=%s; %d keys, -events %d, -writer-rate %d/s, seed %d\n\n",
+		replicaCount, workers, batchSize, sendTimeout, shutdownTimeout, laneTakeoverTimeout, cfg.Keys, cfg.Events, cfg.WriterRate, cfg.Seed)
 	fmt.Fprintln(w, "| scenario | events | faults | records read | lost | reordered | duplicates | max tx age | max RSS | result |")
 	fmt.Fprintln(w, "|---|---:|---|---:|---:|---:|---:|---:|---:|---|")
 	for _, r := range results {

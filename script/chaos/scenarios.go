@@ -104,6 +104,7 @@ func (c *chaos) scenario(ctx context.Context, name string, r *result) error {
 		scenarioBroker:   s.brokerOutage,
 		scenarioPostgres: s.postgresFaults,
 		scenarioSigterm:  s.sigterm,
+		scenarioFreeze:   s.freeze,
 	}
 	if err := faults[name](ctx); err != nil {
 		return err
@@ -163,6 +164,8 @@ func (c *chaos) scenario(ctx context.Context, name string, r *result) error {
 	switch name {
 	case scenarioKill:
 		s.checkKillDuplicates()
+	case scenarioFreeze:
+		s.checkFreezeDuplicates()
 	case scenarioBroker:
 		if limit := sendTimeout + 5*time.Second; r.maxTxAge >= limit {
 			r.fail("a pg2kafka session held a transaction open for %s across the outage, not under SEND_TIMEOUT + 5s = %s", r.maxTxAge.Round(time.Millisecond), limit)

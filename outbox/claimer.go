@@ -39,6 +39,8 @@ type Queue struct {
 	// noIdleSessionTimeout warns once that the server cannot bound a
 	// claimer frozen between batches.
 	noIdleSessionTimeout sync.Once
+	// destination is the kind of destination the claimers register.
+	destination string
 }
 
 // NewQueue returns the queue of the database pool is connected to.
@@ -129,6 +131,9 @@ func (c *Claimer) join(ctx context.Context, conn *pgx.Conn) error {
 		c.queue.noIdleSessionTimeout.Do(func() {
 			c.logger.Warn("this Postgres has no idle_session_timeout (it came in Postgres 14): the lanes of a shipper frozen between batches stay its own until it wakes; one frozen inside a claim or cut off still loses them within the lane takeover timeout")
 		})
+	}
+	if err := c.queue.registerDestination(ctx, conn); err != nil {
+		return err
 	}
 	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1, pg_backend_pid())`, memberLockKey); err != nil {
 		return fmt.Errorf("outbox: join the shippers: %w", err)

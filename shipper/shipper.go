@@ -136,7 +136,9 @@ func (s *Shipper) DeadLettered() int64 { return s.deadLettered.Load() }
 
 // Run ships until ctx ends, then returns nil once the batches in flight are
 // settled. Errors of the database or the destination are logged and retried
-// with backoff; none ends Run, and none loses an event.
+// with backoff; none ends Run, and none loses an event. Only shippers of
+// another kind of destination on the same queue do: Run returns their
+// *outbox.DestinationConflictError at once.
 func (s *Shipper) Run(ctx context.Context) error {
 	var workers []*worker
 	for i := range s.cfg.Workers {
@@ -152,8 +154,16 @@ func (s *Shipper) Run(ctx context.Context) error {
 		}
 		// Counted among the shippers before any takes lanes, the workers
 		// each take their share in their first round. One that cannot
-		// join now keeps trying in its loop.
-		if err := w.claimer.Join(ctx); err != nil && ctx.Err() == nil {
+		// join now keeps trying in its loop, unless the shippers it would
+		// join ship elsewhere: that needs someone to decide.
+		err := w.claimer.Join(ctx)
+		if conflict, ok := errors.AsType[*outbox.DestinationConflictError](err); ok {
+			for _, w := range append(workers, w) {
+				w.claimer.Close(context.WithoutCancel(ctx))
+			}
+			return conflict
+		}
+		if err != nil && ctx.Err() == nil {
 			w.logger.Warn("could not join the shippers yet; retrying", slog.Any("error", err))
 			w.state.note(nil, err)
 		}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 
 	"github.com/pg2kafka/pg2kafka/outbox"
 )
@@ -19,7 +20,7 @@ owner of the database; replicas migrating at once take turns.`)
 	if err != nil {
 		return err
 	}
-	pool, logger, err := connect(ctx, cfg, env.stderr)
+	pool, logger, err := connect(ctx, cfg, env.stderr, slog.LevelDebug)
 	if err != nil {
 		return err
 	}

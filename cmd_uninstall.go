@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"log/slog"
 
 	"github.com/pg2kafka/pg2kafka/outbox"
 )
@@ -18,7 +19,7 @@ table. The tables and their rows stay as they are. Stop the shippers first.`)
 	if err != nil {
 		return err
 	}
-	pool, logger, err := connect(ctx, cfg, env.stderr)
+	pool, logger, err := connect(ctx, cfg, env.stderr, slog.LevelDebug)
 	if err != nil {
 		return err
 	}

@@ -571,3 +571,12 @@ func parseBrokers(c *Config, v string) error {
 	c.KafkaBrokers = brokers
 	return nil
 }
+
+// parseBool is strconv.ParseBool with an error that says what is allowed.
+func parseBool(v string) (bool, error) {
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, errors.New("must be true or false")
+	}
+	return b, nil
+}

@@ -71,6 +71,10 @@ func commands() []command {
 	return []command{
 		{"ship", "ship queued events to Kafka (the default)", runShip},
 		{"migrate", "install or upgrade the pg2kafka schema, print its version", runMigrate},
+		{"setup", "track a table: pg2kafka setup TABLE KEY_COLUMN [options]", runSetup},
+		{"backfill", "snapshot a tracked table's rows in chunks, showing progress", runBackfill},
+		{"teardown", "stop tracking a table", runTeardown},
+		{"requeue", "put dead letters back in the queue", runRequeue},
 		{"version", "print pg2kafka's version and the schema version it needs", runVersion},
 		{"uninstall", "remove pg2kafka from the database, leaving the tables as they are", runUninstall},
 	}
@@ -127,10 +131,11 @@ func commandList() string {
 }
 
 // connect opens a pool for a command other than ship: one attempt, since a
-// person or a cron job waits for the answer.
-func connect(ctx context.Context, cfg Config, stderr io.Writer) (*pgxpool.Pool, *slog.Logger, error) {
+// person or a cron job waits for the answer. Postgres' notices are logged
+// at noticeLevel.
+func connect(ctx context.Context, cfg Config, stderr io.Writer, noticeLevel slog.Level) (*pgxpool.Pool, *slog.Logger, error) {
 	logger := newLogger(cfg, stderr, cfg.LogLevel)
-	pool, err := outbox.Open(ctx, cfg.DatabaseURL, logger)
+	pool, err := outbox.Open(ctx, cfg.DatabaseURL, logger, noticeLevel)
 	return pool, logger, err
 }
 

@@ -55,16 +55,18 @@ func (e *Event) Table() Table { return Table{Schema: e.TableSchema, Name: e.Tabl
 // and with it the xmin horizon, for long. Postgres' warnings to any of the
 // pool's sessions are logged, its notices at debug level.
 func Connect(ctx context.Context, connString string, idleInTxTimeout time.Duration, logger *slog.Logger) (*pgxpool.Pool, error) {
-	return connect(ctx, connString, idleInTxTimeout, logger, true)
+	return connect(ctx, connString, idleInTxTimeout, logger, slog.LevelDebug, true)
 }
 
 // Open is Connect for a command run by hand: it tries once, and returns the
-// error if Postgres does not answer.
-func Open(ctx context.Context, connString string, logger *slog.Logger) (*pgxpool.Pool, error) {
-	return connect(ctx, connString, 0, logger, false)
+// error if Postgres does not answer. Postgres' notices are logged at
+// noticeLevel: for a command that calls setup(), say, they are part of the
+// answer.
+func Open(ctx context.Context, connString string, logger *slog.Logger, noticeLevel slog.Level) (*pgxpool.Pool, error) {
+	return connect(ctx, connString, 0, logger, noticeLevel, false)
 }
 
-func connect(ctx context.Context, connString string, idleInTxTimeout time.Duration, logger *slog.Logger, wait bool) (*pgxpool.Pool, error) {
+func connect(ctx context.Context, connString string, idleInTxTimeout time.Duration, logger *slog.Logger, noticeLevel slog.Level, wait bool) (*pgxpool.Pool, error) {
 	cfg, err := pgxpool.ParseConfig(connString)
 	if err != nil {
 		return nil, fmt.Errorf("outbox: parse DATABASE_URL: %w", err)
@@ -76,7 +78,7 @@ func connect(ctx context.Context, connString string, idleInTxTimeout time.Durati
 	if _, ok := params["idle_in_transaction_session_timeout"]; !ok && idleInTxTimeout > 0 {
 		params["idle_in_transaction_session_timeout"] = fmt.Sprint(idleInTxTimeout.Milliseconds())
 	}
-	cfg.ConnConfig.OnNotice = logNotice(logger)
+	cfg.ConnConfig.OnNotice = logNotice(logger, noticeLevel)
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("outbox: connect: %w", err)
@@ -104,10 +106,10 @@ func connect(ctx context.Context, connString string, idleInTxTimeout time.Durati
 // logNotice returns a handler that logs what Postgres tells a session
 // besides its results: a WARNING (a migration that could not create the
 // shipper's role, say) as a warning, anything milder (CREATE … IF NOT EXISTS
-// finding the object there) at debug level.
-func logNotice(logger *slog.Logger) pgconn.NoticeHandler {
+// finding the object there) at noticeLevel.
+func logNotice(logger *slog.Logger, noticeLevel slog.Level) pgconn.NoticeHandler {
 	return func(_ *pgconn.PgConn, n *pgconn.Notice) {
-		level := slog.LevelDebug
+		level := noticeLevel
 		if n.Severity == "WARNING" {
 			level = slog.LevelWarn
 		}

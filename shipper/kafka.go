@@ -105,6 +105,15 @@ func (s *KafkaSink) Send(ctx context.Context, msgs []Message) []error {
 
 // producer is a franz-go client and the count of records handed to it that
 // no batch waits for any more.
+// Reachable returns nil when a broker answers, and what went wrong
+// otherwise: a readiness probe's question, cheap enough to ask every second.
+func (s *KafkaSink) Reachable(ctx context.Context) error {
+	if err := s.producer.client.Ping(ctx); err != nil {
+		return fmt.Errorf("no Kafka broker answers: %w", err)
+	}
+	return nil
+}
+
 type producer struct {
 	client *kgo.Client
 

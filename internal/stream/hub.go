@@ -15,12 +15,13 @@ const DefaultBuffer = 256
 // Hub hands the shipper's acknowledged events to the viewers whose queries
 // match them. Publishing never waits for a viewer.
 type Hub struct {
-	buffer int
-	mu     sync.RWMutex
-	subs   map[*subscription]struct{}
-	count  atomic.Int32
-	closed chan struct{}
-	once   sync.Once
+	buffer  int
+	mu      sync.RWMutex
+	subs    map[*subscription]struct{}
+	count   atomic.Int32
+	dropped atomic.Int64
+	closed  chan struct{}
+	once    sync.Once
 }
 
 // NewHub returns a hub whose viewers may each fall buffer events behind;
@@ -62,6 +63,9 @@ func (h *Hub) unsubscribe(s *subscription) {
 // Viewers returns how many viewers are connected.
 func (h *Hub) Viewers() int { return int(h.count.Load()) }
 
+// Dropped returns how many viewers were disconnected for falling behind.
+func (h *Hub) Dropped() int64 { return h.dropped.Load() }
+
 // Close tells every viewer that pg2kafka is going away; the hub takes no
 // more viewers.
 func (h *Hub) Close() { h.once.Do(func() { close(h.closed) }) }
@@ -102,6 +106,7 @@ func (h *Hub) Publish(s *shipper.Settled) {
 			default:
 				if sub.dropped.CompareAndSwap(false, true) {
 					close(sub.overflow)
+					h.dropped.Add(1)
 				}
 			}
 		}

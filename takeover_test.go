@@ -44,6 +44,7 @@ type takeoverWorld struct {
 	// holdProduce, while set, keeps every produce request waiting, as a
 	// destination that takes its time; release lets them through.
 	holdProduce atomic.Bool
+	held        atomic.Int32 // produce requests waiting now
 	releaseMu   sync.Mutex
 	release     chan struct{}
 }
@@ -67,7 +68,9 @@ func newTakeoverWorld(t *testing.T, keys int) *takeoverWorld {
 			w.releaseMu.Lock()
 			release := w.release
 			w.releaseMu.Unlock()
+			w.held.Add(1)
 			cluster.SleepControl(func() { <-release })
+			w.held.Add(-1)
 		}
 		return nil, nil, false
 	})
@@ -388,6 +391,9 @@ func TestFrozenReplicaInsideAClaimLosesItsLanes(t *testing.T) {
 	w.write()
 	w.write()
 	w.waitIdleInTransaction(frozen)
+	// One produce request of each replica at the broker: the frozen one's
+	// batch in flight is sent, and lands once the broker answers.
+	waitFor(t, "both replicas' produce requests", func() bool { return w.held.Load() >= 2 })
 	frozen.signal(t, syscall.SIGSTOP)
 	stoppedAt := time.Now()
 	let()
@@ -402,7 +408,9 @@ func TestFrozenReplicaInsideAClaimLosesItsLanes(t *testing.T) {
 	w.waitLogged(frozen, "lost its lanes")
 	w.waitShared(frozen, heir)
 	w.write()
-	if dups := w.requireEveryVersionInOrder(); dups > inFlight {
+	dups := w.requireEveryVersionInOrder()
+	t.Logf("%d events shipped twice", dups)
+	if dups > inFlight {
 		t.Errorf("%d events shipped twice, more than the frozen replica's batches in flight (%d)", dups, inFlight)
 	}
 }
@@ -538,8 +546,9 @@ func TestReplicaCutOffFromPostgresLosesItsLanes(t *testing.T) {
 }
 
 // Replicas that are only waiting keep their lanes however long they wait:
-// polling an empty queue less often than the takeover timeout, or waiting
-// longer than it for their destination with a claim open.
+// polling an empty queue less often than the takeover timeout, waiting
+// longer than it for their destination with a claim open, or backing off
+// after database errors.
 func TestWaitingReplicasKeepTheirLanes(t *testing.T) {
 	t.Parallel()
 	w := newTakeoverWorld(t, 40)
@@ -555,7 +564,7 @@ func TestWaitingReplicasKeepTheirLanes(t *testing.T) {
 			}
 		}
 	}
-	unchanged("idle with an empty queue", 3*takeoverTimeout)
+	unchanged("idle with an empty queue", 2*takeoverTimeout)
 
 	let := w.hold()
 	defer let()
@@ -564,6 +573,15 @@ func TestWaitingReplicasKeepTheirLanes(t *testing.T) {
 	w.waitIdleInTransaction(b)
 	unchanged("waiting for the destination", 2*takeoverTimeout)
 	let()
+	w.waitDrained()
+
+	// The queue out of reach: every claim fails, and the workers back off,
+	// for longer and longer (up to 30s), while their sessions live on.
+	mustExec(t, w.pool, `ALTER TABLE pg2kafka.outbound_event_queue RENAME TO outbound_event_queue_away`)
+	w.waitLogged(a, "shipping stopped by a database error")
+	unchanged("backing off after database errors", 3*takeoverTimeout)
+	mustExec(t, w.pool, `ALTER TABLE pg2kafka.outbound_event_queue_away RENAME TO outbound_event_queue`)
+	w.write()
 	w.waitDrained()
 	if now := w.lanes(); !maps.Equal(now, owners) {
 		t.Fatalf("the lanes changed hands:\nbefore %v\nnow    %v", owners, now)

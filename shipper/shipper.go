@@ -531,6 +531,9 @@ func (w *worker) wait(ctx context.Context, d time.Duration) {
 			return
 		}
 		sleep(ctx, min(left, w.claimer.KeepAliveInterval()))
+		if ctx.Err() != nil {
+			return
+		}
 		// A session that is gone is found, and its loss logged, by the
 		// next claim.
 		_ = w.claimer.KeepAlive(ctx)

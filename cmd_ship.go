@@ -16,8 +16,11 @@ import (
 	"github.com/twmb/franz-go/pkg/sasl/scram"
 	"github.com/twmb/franz-go/plugin/kslog"
 
+	"github.com/pg2kafka/pg2kafka/internal/stream"
 	"github.com/pg2kafka/pg2kafka/outbox"
 	"github.com/pg2kafka/pg2kafka/shipper"
+	"github.com/pg2kafka/pg2kafka/shipper/rabbitmq"
+	"github.com/pg2kafka/pg2kafka/shipper/webhook"
 )
 
 // shipCommandLine is ship's command line: every setting.
@@ -40,7 +43,7 @@ func runShip(ctx context.Context, args []string, env environment) error {
 	// Loaded before anything else, so that an unreadable certificate stops
 	// pg2kafka at once rather than after Postgres has been waited for.
 	var kafkaSecurity []kgo.Opt
-	if !cfg.DryRun {
+	if cfg.Destination == destKafka {
 		if kafkaSecurity, err = kafkaSecurityOpts(cfg); err != nil {
 			return err
 		}
@@ -71,40 +74,17 @@ func runShip(ctx context.Context, args []string, env environment) error {
 		return err
 	}
 
-	var sink shipper.Sink
-	if cfg.DryRun {
-		sink = shipper.NewWriterSink(stdout)
-	} else {
-		opts := append([]kgo.Opt{
-			kgo.SeedBrokers(cfg.KafkaBrokers...),
-			kgo.ProducerBatchCompression(compressionCodecs[cfg.KafkaCompression]),
-			kgo.ProducerLinger(cfg.KafkaLinger),
-			// franz-go narrates routine events at info level; keep its warnings.
-			kgo.WithLogger(kslog.New(newLogger(cfg, stderr, max(cfg.LogLevel, slog.LevelWarn)).With(slog.String("component", "kafka")))),
-		}, kafkaSecurity...)
-		kafka, err := shipper.NewKafkaSink(shipper.KafkaConfig{
-			CreateTopics:           cfg.KafkaCreateTopics,
-			TopicPartitions:        cfg.KafkaTopicPartitions,
-			TopicReplicationFactor: cfg.KafkaTopicReplicationFactor,
-		}, opts...)
-		if err != nil {
-			return err
-		}
-		sink = kafka
+	sink, attrs, err := newSink(ctx, cfg, kafkaSecurity, env, logger)
+	if err != nil {
+		return err
 	}
 	defer sink.Close()
 
-	attrs := []any{
-		slog.String("database", database),
-		slog.Bool("dry_run", cfg.DryRun),
-		slog.Any("brokers", cfg.KafkaBrokers),
-		slog.Bool("kafka_tls", cfg.KafkaTLS),
-	}
-	if cfg.KafkaSASLMechanism != "" {
-		attrs = append(attrs, slog.String("kafka_sasl_mechanism", cfg.KafkaSASLMechanism), slog.String("kafka_sasl_username", cfg.KafkaSASLUsername))
-	}
+	attrs = append([]any{slog.String("database", database), slog.String("destination", cfg.Destination)}, attrs...)
 	attrs = append(attrs, slog.Int("batch_size", cfg.BatchSize), slog.Int("workers", cfg.Workers))
 	logger.Info("pg2kafka shipping", attrs...)
+	queue := outbox.NewQueue(pool)
+	queue.SetDestination(destinationKinds[cfg.Destination])
 	s := shipper.New(shipper.Config{
 		Database:            database,
 		TopicNamespace:      cfg.TopicNamespace,
@@ -115,10 +95,65 @@ func runShip(ctx context.Context, args []string, env environment) error {
 		ShutdownTimeout:     cfg.ShutdownTimeout,
 		LaneTakeoverTimeout: cfg.LaneTakeoverTimeout,
 		Logger:              logger,
-	}, outbox.NewQueue(pool), sink)
+	}, queue, sink)
 	err = s.Run(ctx)
 	logger.Info("pg2kafka stopped")
 	return err
+}
+
+// newSink makes the sink of the destination chosen, and the attributes
+// that describe it in the log, none of them a secret.
+func newSink(ctx context.Context, cfg Config, kafkaSecurity []kgo.Opt, env environment, logger *slog.Logger) (shipper.Sink, []any, error) {
+	switch cfg.Destination {
+	case destDryRun:
+		return shipper.NewWriterSink(env.stdout), nil, nil
+	case destStream:
+		return stream.Sink{}, nil, nil
+	case destWebhook:
+		sink, err := webhook.New(cfg.Webhook)
+		if err != nil {
+			return nil, nil, &configError{err.Error()}
+		}
+		w := cfg.Webhook
+		return sink, []any{slog.String("webhook_url", webhook.RedactURL(w.URL)), slog.Int("webhook_batch_size", max(w.BatchSize, 1)),
+			slog.Int("webhook_concurrency", w.Concurrency), slog.Bool("webhook_signed", w.Secret != "")}, nil
+	case destRabbitMQ:
+		sink, err := rabbitmq.New(cfg.RabbitMQ)
+		if err != nil {
+			return nil, nil, &configError{err.Error()}
+		}
+		r := cfg.RabbitMQ
+		// Said at once, so that a wrong address or a missing exchange does
+		// not wait for the first event to show.
+		connectCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if err := sink.Connect(connectCtx); err != nil {
+			logger.Warn("cannot publish to RabbitMQ yet; events stay queued, retrying", slog.String("rabbitmq_url", rabbitmq.Redact(r.URL)), slog.String("exchange", r.Exchange), slog.Any("error", err))
+		} else {
+			logger.Info("connected to RabbitMQ", slog.String("rabbitmq_url", rabbitmq.Redact(r.URL)), slog.String("exchange", r.Exchange))
+		}
+		return sink, []any{slog.String("rabbitmq_url", rabbitmq.Redact(r.URL)), slog.String("exchange", r.Exchange)}, nil
+	}
+	opts := append([]kgo.Opt{
+		kgo.SeedBrokers(cfg.KafkaBrokers...),
+		kgo.ProducerBatchCompression(compressionCodecs[cfg.KafkaCompression]),
+		kgo.ProducerLinger(cfg.KafkaLinger),
+		// franz-go narrates routine events at info level; keep its warnings.
+		kgo.WithLogger(kslog.New(newLogger(cfg, env.stderr, max(cfg.LogLevel, slog.LevelWarn)).With(slog.String("component", "kafka")))),
+	}, kafkaSecurity...)
+	kafka, err := shipper.NewKafkaSink(shipper.KafkaConfig{
+		CreateTopics:           cfg.KafkaCreateTopics,
+		TopicPartitions:        cfg.KafkaTopicPartitions,
+		TopicReplicationFactor: cfg.KafkaTopicReplicationFactor,
+	}, opts...)
+	if err != nil {
+		return nil, nil, err
+	}
+	attrs := []any{slog.Any("brokers", cfg.KafkaBrokers), slog.Bool("kafka_tls", cfg.KafkaTLS)}
+	if cfg.KafkaSASLMechanism != "" {
+		attrs = append(attrs, slog.String("kafka_sasl_mechanism", cfg.KafkaSASLMechanism), slog.String("kafka_sasl_username", cfg.KafkaSASLUsername))
+	}
+	return kafka, attrs, nil
 }
 
 // kafkaSecurityOpts returns the franz-go options for the TLS and SASL

@@ -17,6 +17,7 @@ import (
 
 // Config is everything pg2kafka reads from its environment and flags.
 type Config struct {
+	destinationConfig
 	DatabaseURL                 string
 	KafkaBrokers                []string
 	TopicNamespace              string
@@ -79,7 +80,8 @@ type setting struct {
 	parse   func(c *Config, value string) error
 }
 
-func settings() []setting {
+// coreSettings are the settings of every destination, and Kafka's.
+func coreSettings() []setting {
 	return []setting{
 		{env: []string{"DATABASE_URL"}, flag: "database-url", secret: true, scope: everyCommand,
 			help:  "Postgres connection URL (postgres://user:pass@host:5432/db?sslmode=…); the database name names the topics. Required.",
@@ -390,11 +392,13 @@ func (cl *commandLine) parse(args []string, getenv func(string) string, usage io
 		return cfg, &configError{"DATABASE_URL is not set: give the Postgres URL, e.g. DATABASE_URL=postgres://user:pass@localhost:5432/shop"}
 	}
 	if cl.has("kafka-producer-url") {
-		if !given["kafka-producer-url"] && !cfg.DryRun {
-			return cfg, &configError{"KAFKA_PRODUCER_URL is not set: give the Kafka brokers, e.g. KAFKA_PRODUCER_URL=kafka://localhost:9092, or set DRY_RUN=true to print events instead"}
-		}
-		if err := checkKafkaSecurity(&cfg, given["kafka-tls"]); err != nil {
+		if err := chooseDestination(&cfg, given); err != nil {
 			return cfg, err
+		}
+		if cfg.Destination == destKafka {
+			if err := checkKafkaSecurity(&cfg, given["kafka-tls"]); err != nil {
+				return cfg, err
+			}
 		}
 	}
 	return cfg, nil

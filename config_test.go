@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pg2kafka/pg2kafka/shipper/webhook"
 )
 
 // configEnv is an environment holding only vars.
@@ -23,6 +25,7 @@ const (
 	brokersAllowed  = "want kafka://host:port[,host:port…] (kafka+ssl:// for TLS) or host:port[,host:port…]"
 	durationAllowed = "must be a positive duration such as 250ms, 5s or 1m"
 	countAllowed    = "must be a positive whole number, or -1 for the broker's default"
+	noDestination   = "no destination is set: give one of KAFKA_PRODUCER_URL (e.g. kafka://localhost:9092), WEBHOOK_URL (e.g. https://example.com/hooks/{table}), RABBITMQ_URL (e.g. amqp://guest:guest@localhost:5672/), or set DRY_RUN=true to print events instead"
 )
 
 // defaultConfig is what parseConfig gives when only the required settings
@@ -42,6 +45,10 @@ func defaultConfig() Config {
 		LaneTakeoverTimeout:         10 * time.Second,
 		LogLevel:                    slog.LevelInfo,
 		LogFormat:                   "text",
+		destinationConfig: destinationConfig{
+			Destination: destKafka,
+			Webhook:     webhook.Config{Timeout: 10 * time.Second, BatchSize: 1, Concurrency: 16},
+		},
 	}
 }
 
@@ -84,8 +91,8 @@ func TestParseConfig(t *testing.T) {
 			func(c *Config) { c.KafkaBrokers = []string{"p:1"} }},
 		{"dry run needs no brokers", map[string]string{"DATABASE_URL": testDatabaseURL, "DRY_RUN": "true"}, nil,
 			func(c *Config) { c.KafkaBrokers = nil; c.DryRun = true }},
-		{"a boolean flag stands alone", with(nil), []string{"-dry-run", "-batch-size=5", "-perform-migrations=false"},
-			func(c *Config) { c.DryRun = true; c.BatchSize = 5 }},
+		{"a boolean flag stands alone", map[string]string{"DATABASE_URL": testDatabaseURL}, []string{"-dry-run", "-batch-size=5", "-perform-migrations=false"},
+			func(c *Config) { c.KafkaBrokers = nil; c.DryRun = true; c.BatchSize = 5 }},
 		{"empty variables are unset", with(map[string]string{"BATCH_SIZE": "", "LOG_FORMAT": ""}), nil,
 			func(*Config) {}},
 		{"every variable", map[string]string{
@@ -141,6 +148,7 @@ func TestParseConfig(t *testing.T) {
 				ShutdownTimeout:             2 * time.Second,
 				LaneTakeoverTimeout:         30 * time.Second,
 				LogLevel:                    slog.LevelDebug,
+				destinationConfig:           defaultConfig().destinationConfig,
 				LogFormat:                   "json",
 			}
 		}},
@@ -194,7 +202,6 @@ func TestParseConfig(t *testing.T) {
 			func(c *Config) {
 				c.KafkaBrokers = nil
 				c.DryRun = true
-				c.KafkaTLS = true
 				c.KafkaTLSCAFile = "/nonexistent"
 			}},
 		{"flags alone", nil,
@@ -211,6 +218,9 @@ func TestParseConfig(t *testing.T) {
 			}
 			want := defaultConfig()
 			tt.want(&want)
+			if want.DryRun {
+				want.Destination = destDryRun
+			}
 			if !reflect.DeepEqual(got, want) {
 				t.Errorf("config:\n got %+v\nwant %+v", got, want)
 			}
@@ -232,10 +242,8 @@ func TestParseConfigErrors(t *testing.T) {
 	}{
 		{"missing DATABASE_URL", map[string]string{"DATABASE_URL": ""}, nil,
 			"DATABASE_URL is not set: give the Postgres URL, e.g. DATABASE_URL=postgres://user:pass@localhost:5432/shop"},
-		{"missing KAFKA_PRODUCER_URL", map[string]string{"KAFKA_PRODUCER_URL": ""}, nil,
-			"KAFKA_PRODUCER_URL is not set: give the Kafka brokers, e.g. KAFKA_PRODUCER_URL=kafka://localhost:9092, or set DRY_RUN=true to print events instead"},
-		{"missing KAFKA_PRODUCER_URL with DRY_RUN=false", map[string]string{"KAFKA_PRODUCER_URL": "", "DRY_RUN": "false"}, nil,
-			"KAFKA_PRODUCER_URL is not set: give the Kafka brokers, e.g. KAFKA_PRODUCER_URL=kafka://localhost:9092, or set DRY_RUN=true to print events instead"},
+		{"missing KAFKA_PRODUCER_URL", map[string]string{"KAFKA_PRODUCER_URL": ""}, nil, noDestination},
+		{"missing KAFKA_PRODUCER_URL with DRY_RUN=false", map[string]string{"KAFKA_PRODUCER_URL": "", "DRY_RUN": "false"}, nil, noDestination},
 
 		{"database URL with bad port", map[string]string{"DATABASE_URL": "postgres://u:s3cret@h:notaport/db"}, nil,
 			`DATABASE_URL: not a valid Postgres connection string; want postgres://user:pass@host:5432/dbname?sslmode=… or key=value pairs (host=… dbname=…)`},
@@ -441,6 +449,17 @@ func TestParseConfigHelpListsEverySetting(t *testing.T) {
 		"  LANE_TAKEOVER_TIMEOUT, -lane-takeover-timeout (default 10s)\n",
 		"  LOG_LEVEL, -log-level (default info)\n",
 		"  LOG_FORMAT, -log-format (default text)\n",
+		"  WEBHOOK_URL, -webhook-url\n",
+		"  WEBHOOK_HEADERS, -webhook-headers\n",
+		"  WEBHOOK_SECRET, -webhook-secret\n",
+		"  WEBHOOK_TIMEOUT, -webhook-timeout (default 10s)\n",
+		"  WEBHOOK_CA_FILE, -webhook-ca-file\n",
+		"  WEBHOOK_BATCH_SIZE, -webhook-batch-size (default 1)\n",
+		"  WEBHOOK_CONCURRENCY, -webhook-concurrency (default 16)\n",
+		"  RABBITMQ_URL, -rabbitmq-url\n",
+		"  RABBITMQ_EXCHANGE, -rabbitmq-exchange\n",
+		"  RABBITMQ_CREATE_EXCHANGE, -rabbitmq-create-exchange (default false)\n",
+		"  STREAM_ONLY, -stream-only (default false)\n",
 	}
 	for _, line := range want {
 		if !strings.Contains(usage.String(), line) {

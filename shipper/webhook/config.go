@@ -198,16 +198,28 @@ func (t template) render(schema, table, topic string) string {
 	return b.String()
 }
 
-// redact hides a password in a URL, as url.URL.Redacted does, also in text
-// that does not parse.
-func redact(raw string) string {
-	if u, err := url.Parse(raw); err == nil {
-		return u.Redacted()
+// redact hides a password in a URL, leaving the rest as written (url's
+// Redacted would escape the braces of the placeholders).
+func redact(raw string) string { return RedactURL(raw) }
+
+// RedactURL hides the password of a URL, user:password@ becoming
+// user:xxxxx@, and leaves the rest of the text as it is.
+func RedactURL(raw string) string {
+	scheme, rest, ok := strings.Cut(raw, "://")
+	if !ok {
+		return raw
 	}
-	if scheme, rest, ok := strings.Cut(raw, "://"); ok {
-		if at := strings.LastIndexByte(rest, '@'); at >= 0 {
-			return scheme + "://xxxxx@" + rest[at+1:]
-		}
+	authority := rest
+	if i := strings.IndexAny(rest, "/?#"); i >= 0 {
+		authority = rest[:i]
 	}
-	return raw
+	at := strings.LastIndexByte(authority, '@')
+	if at < 0 {
+		return raw
+	}
+	user, _, hasPassword := strings.Cut(authority[:at], ":")
+	if !hasPassword {
+		return raw
+	}
+	return scheme + "://" + user + ":xxxxx" + rest[at:]
 }

@@ -19,9 +19,12 @@ const (
 	sectionLatency = "latency"
 	sectionWrite   = "write"
 	sectionScaling = "scaling"
+	// sectionWebhook and sectionRabbitMQ measure those destinations.
+	sectionWebhook  = "webhook"
+	sectionRabbitMQ = "rabbitmq"
 )
 
-var allSections = []string{sectionRaw, sectionDrain, sectionLatency, sectionWrite, sectionScaling}
+var allSections = []string{sectionRaw, sectionDrain, sectionLatency, sectionWrite, sectionScaling, sectionWebhook, sectionRabbitMQ}
 
 // config is the suite's settings, read once from the flags.
 type config struct {
@@ -38,6 +41,8 @@ type config struct {
 	Latency     latencyConfig `json:"latency"`
 	Write       writeConfig   `json:"write_path"`
 	Scaling     scalingConfig `json:"scaling"`
+	Webhook     webhookConfig `json:"webhook"`
+	RabbitMQ    rabbitConfig  `json:"rabbitmq"`
 	Compression []string      `json:"compression_codecs"`
 	CPUProfile  string        `json:"cpu_profile,omitempty"`
 
@@ -57,6 +62,16 @@ type writeConfig struct {
 	Rounds   int          `json:"rounds"`
 }
 
+type webhookConfig struct {
+	Events          int          `json:"events"`
+	LatencyDuration jsonDuration `json:"latency_duration"`
+}
+
+type rabbitConfig struct {
+	URL    string `json:"-"` // may hold a password
+	Events int    `json:"events"`
+}
+
 type scalingConfig struct {
 	BatchSizes []int `json:"batch_sizes"`
 	EventSizes []int `json:"event_sizes"`
@@ -71,7 +86,7 @@ func (d jsonDuration) MarshalText() ([]byte, error) { return []byte(time.Duratio
 func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	cfg := &config{args: args}
 	var only, batchSizes, eventSizes, codecs string
-	var timeout, latencyDuration, writeDuration time.Duration
+	var timeout, latencyDuration, writeDuration, webhookLatency time.Duration
 
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -104,6 +119,10 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&eventSizes, "event-sizes", "200,2048,20480", "comma-separated event sizes in bytes of the scaling section")
 	fs.IntVar(&cfg.Scaling.MaxMB, "scale-mb", 200, "most megabytes of event data one event-size scaling run moves (fewer events for bigger ones)")
 	fs.StringVar(&codecs, "compression-codecs", "none,snappy,lz4,zstd", "codecs to drain with, each a full drain of -events, if pg2kafka has a compression setting")
+	fs.IntVar(&cfg.Webhook.Events, "webhook-events", 100_000, "events queued for each of the webhook section's drains (batch 1 and batch 100)")
+	fs.DurationVar(&webhookLatency, "webhook-latency-duration", 10*time.Second, "length of the webhook section's run at 1,000 commits/s")
+	fs.StringVar(&cfg.RabbitMQ.URL, "rabbitmq-url", "amqp://guest:guest@127.0.0.1:5672/", "`URL` of the RabbitMQ the rabbitmq section publishes to")
+	fs.IntVar(&cfg.RabbitMQ.Events, "rabbitmq-events", 100_000, "events queued for the rabbitmq section's drain")
 	fs.StringVar(&cfg.CPUProfile, "cpuprofile", "", "after the drain section, drain once more through a pg2kafka with a pprof endpoint and write its CPU profile to `file`")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -115,11 +134,12 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	fs.Visit(func(f *flag.Flag) { cfg.flagsSet[f.Name] = true })
 
 	if cfg.Quick {
-		cfg.quicken(&timeout, &latencyDuration, &writeDuration)
+		cfg.quicken(&timeout, &latencyDuration, &writeDuration, &webhookLatency)
 	}
 	cfg.Timeout = jsonDuration(timeout)
 	cfg.Latency.Duration = jsonDuration(latencyDuration)
 	cfg.Write.Duration = jsonDuration(writeDuration)
+	cfg.Webhook.LatencyDuration = jsonDuration(webhookLatency)
 
 	var err error
 	if cfg.Sections, err = parseSections(only); err != nil {
@@ -136,7 +156,7 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 }
 
 // quicken shrinks the settings not given explicitly.
-func (c *config) quicken(timeout, latencyDuration, writeDuration *time.Duration) {
+func (c *config) quicken(timeout, latencyDuration, writeDuration, webhookLatency *time.Duration) {
 	set := func(name string, apply func()) {
 		if !c.flagsSet[name] {
 			apply()
@@ -148,6 +168,9 @@ func (c *config) quicken(timeout, latencyDuration, writeDuration *time.Duration)
 	set("write-duration", func() { *writeDuration = 5 * time.Second })
 	set("write-rounds", func() { c.Write.Rounds = 1 })
 	set("scale-mb", func() { c.Scaling.MaxMB = 10 })
+	set("webhook-events", func() { c.Webhook.Events = 10_000 })
+	set("webhook-latency-duration", func() { *webhookLatency = 5 * time.Second })
+	set("rabbitmq-events", func() { c.RabbitMQ.Events = 10_000 })
 }
 
 var (
@@ -157,7 +180,8 @@ var (
 
 // benchOwnedEnv are the pg2kafka settings the benchmark decides: where
 // events go, and so where they are counted.
-var benchOwnedEnv = []string{"DATABASE_URL", "KAFKA_PRODUCER_URL", "KAFKA_BROKER", "TOPIC_NAMESPACE", "DRY_RUN", "BATCH_SIZE"}
+var benchOwnedEnv = []string{"DATABASE_URL", "KAFKA_PRODUCER_URL", "KAFKA_BROKER", "TOPIC_NAMESPACE", "DRY_RUN", "BATCH_SIZE",
+	"WEBHOOK_URL", "WEBHOOK_BATCH_SIZE", "WEBHOOK_CONCURRENCY", "RABBITMQ_URL", "RABBITMQ_EXCHANGE", "STREAM_ONLY"}
 
 func (c *config) validate() error {
 	positive := []struct {
@@ -172,6 +196,8 @@ func (c *config) validate() error {
 		{"-write-clients", c.Write.Clients},
 		{"-write-rounds", c.Write.Rounds},
 		{"-scale-mb", c.Scaling.MaxMB},
+		{"-webhook-events", c.Webhook.Events},
+		{"-rabbitmq-events", c.RabbitMQ.Events},
 	}
 	for _, p := range positive {
 		if p.value < 1 {

@@ -10,7 +10,12 @@
 //     rate, and whether the queue stays short;
 //  4. write:   what the trigger costs a writer, against no trigger and a
 //     minimal outbox trigger;
-//  5. scaling: the drain rate across batch sizes and event sizes.
+//  5. scaling: the drain rate across batch sizes and event sizes;
+//  6. webhook: events/s to a local endpoint at batch 1 and 100 beside a bare
+//     Go client posting the same bodies, and commit→receipt latency at
+//     1,000/s;
+//  7. rabbitmq: events/s with publisher confirms beside a bare amqp091-go
+//     publisher with confirms.
 //
 // It prints a markdown table with the targets to stdout, writes the
 // details as JSON to -report, and logs progress to stderr:
@@ -20,6 +25,7 @@
 //	go run ./script/bench -only drain,latency
 //	go run ./script/bench -shipper-env POLL_INTERVAL=5ms -only latency
 //	go run ./script/bench -only drain -cpuprofile cpu.pprof
+//	go run ./script/bench -quick -only webhook,rabbitmq
 //
 // Every pg2kafka run gets only the settings the suite gives it (and those of
 // -shipper-env), never those of the calling shell.
@@ -130,11 +136,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 
 func (b *bench) runSections(ctx context.Context) error {
 	sections := map[string]func(context.Context) error{
-		sectionRaw:     b.runRaw,
-		sectionDrain:   b.runDrain,
-		sectionLatency: b.runLatency,
-		sectionWrite:   b.runWritePath,
-		sectionScaling: b.runScaling,
+		sectionRaw:      b.runRaw,
+		sectionDrain:    b.runDrain,
+		sectionLatency:  b.runLatency,
+		sectionWrite:    b.runWritePath,
+		sectionScaling:  b.runScaling,
+		sectionWebhook:  b.runWebhook,
+		sectionRabbitMQ: b.runRabbitMQ,
 	}
 	for _, name := range b.cfg.Sections {
 		b.log.Info("section", "name", name)

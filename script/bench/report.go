@@ -34,6 +34,8 @@ type report struct {
 	Latency   *latencyResult `json:"latency,omitempty"`
 	WritePath *writeResult   `json:"write_path,omitempty"`
 	Scaling   []drainResult  `json:"scaling,omitempty"`
+	Webhook   *webhookResult `json:"webhook,omitempty"`
+	RabbitMQ  *rabbitResult  `json:"rabbitmq,omitempty"`
 	Table     []row          `json:"table"`
 	Error     string         `json:"error,omitempty"`
 }
@@ -172,6 +174,28 @@ func (r *report) rows() []row {
 			Measure: fmt.Sprintf("scaling: drain %s × %s, batch %d", thousands(s.Events), bytesLabel(s.EventBytes), s.BatchSize),
 			Value:   perSec(s.EventsPerSec, "events") + fmt.Sprintf(", %.1f MB/s", s.MBPerSec),
 		})
+	}
+	if w := r.Webhook; w != nil {
+		for _, d := range w.Runs {
+			target, pass := "", (*bool)(nil)
+			value := fmt.Sprintf("%s (bare client %s): %.2f×", perSec(d.EventsPerSec, "events"), perSec(d.BareEventsPerSec, "events"), d.Ratio)
+			measure := fmt.Sprintf("webhook drain %s × 200 B, WEBHOOK_BATCH_SIZE=%d, concurrency %d ÷ bare Go client", thousands(w.Events), d.BatchSize, w.Concurrency)
+			if d.BatchSize == 100 {
+				rows = append(rows, check(measure, value, fmt.Sprintf("≥ %.1f×", targetWebhookRatio), d.Ratio >= targetWebhookRatio))
+				continue
+			}
+			rows = append(rows, row{Measure: measure, Value: value, Target: target, Pass: pass})
+		}
+		if l := w.Latency; l != nil {
+			rows = append(rows, check(fmt.Sprintf("webhook commit→receipt p50 / p99 / max at %s/s", thousands(l.TargetRate)),
+				fmt.Sprintf("%.1f / %.1f / %.1f ms", l.P50Ms, l.P99Ms, l.MaxMs),
+				fmt.Sprintf("p99 ≤ %d ms", targetWebhookP99Ms), l.P99Ms <= targetWebhookP99Ms && l.Missing == 0))
+		}
+	}
+	if q := r.RabbitMQ; q != nil {
+		rows = append(rows, check(fmt.Sprintf("RabbitMQ drain %s × 200 B with confirms ÷ bare amqp091-go publisher", thousands(q.Events)),
+			fmt.Sprintf("%s (bare %s): %.2f×", perSec(q.EventsPerSec, "events"), perSec(q.BareEventsPerSec, "events"), q.Ratio),
+			fmt.Sprintf("≥ %.1f×", targetRabbitRatio), q.Ratio >= targetRabbitRatio))
 	}
 	return rows
 }

@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -16,12 +18,14 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/pressly/goose/v3"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.uber.org/goleak"
 
 	"github.com/pg2kafka/pg2kafka/internal/pgtest"
+	"github.com/pg2kafka/pg2kafka/migrations"
 	"github.com/pg2kafka/pg2kafka/outbox"
 )
 
@@ -396,6 +400,7 @@ func TestLogsNeverShowThePassword(t *testing.T) {
 func TestRefusesASchemaOfAnotherVersion(t *testing.T) {
 	t.Parallel()
 	const install = "run pg2kafka once with PERFORM_MIGRATIONS=true, as the owner of the database"
+	latest := latestMigration(t)
 	for _, tt := range []struct {
 		name    string
 		prepare func(context.Context, *pgxpool.Pool) error
@@ -407,15 +412,15 @@ func TestRefusesASchemaOfAnotherVersion(t *testing.T) {
 			if err := outbox.Migrate(ctx, pool, slog.New(slog.DiscardHandler)); err != nil {
 				return err
 			}
-			return outbox.MigrateDownTo(ctx, pool, 6)
-		}, "pg2kafka: outbox: the pg2kafka schema is at version 6 and this pg2kafka needs version 7: " + install},
+			return outbox.MigrateDownTo(ctx, pool, latest-1)
+		}, fmt.Sprintf("pg2kafka: outbox: the pg2kafka schema is at version %d and this pg2kafka needs version %d: %s", latest-1, latest, install)},
 		{"newer", func(ctx context.Context, pool *pgxpool.Pool) error {
 			if err := outbox.Migrate(ctx, pool, slog.New(slog.DiscardHandler)); err != nil {
 				return err
 			}
-			_, err := pool.Exec(ctx, `INSERT INTO pg2kafka.goose_db_version (version_id, is_applied) VALUES (8, true)`)
+			_, err := pool.Exec(ctx, `INSERT INTO pg2kafka.goose_db_version (version_id, is_applied) VALUES ($1, true)`, latest+1)
 			return err
-		}, "pg2kafka: outbox: the pg2kafka schema is at version 8, newer than this pg2kafka knows (7): run the pg2kafka release that installed it, or a newer one"},
+		}, fmt.Sprintf("pg2kafka: outbox: the pg2kafka schema is at version %d, newer than this pg2kafka knows (%d): run the pg2kafka release that installed it, or a newer one", latest+1, latest)},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
@@ -435,4 +440,18 @@ func TestRefusesASchemaOfAnotherVersion(t *testing.T) {
 			}
 		})
 	}
+}
+
+// latestMigration is the version of the newest embedded migration.
+func latestMigration(t *testing.T) int64 {
+	t.Helper()
+	names, err := fs.Glob(migrations.FS, "*.sql")
+	if err != nil || len(names) == 0 {
+		t.Fatalf("no embedded migrations: %v", err)
+	}
+	v, err := goose.NumericComponent(names[len(names)-1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
 }

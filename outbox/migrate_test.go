@@ -57,7 +57,8 @@ const appliedAll = "level=INFO msg=\"applied migration\" version=1 file=00001_ou
 	"level=INFO msg=\"applied migration\" version=4 file=00004_capture_options.sql\n" +
 	"level=INFO msg=\"applied migration\" version=5 file=00005_truncate_guard.sql\n" +
 	"level=INFO msg=\"applied migration\" version=6 file=00006_lean_trigger.sql\n" +
-	"level=INFO msg=\"applied migration\" version=7 file=00007_status_reads.sql\n"
+	"level=INFO msg=\"applied migration\" version=7 file=00007_status_reads.sql\n" +
+	"level=INFO msg=\"applied migration\" version=8 file=00008_full_row.sql\n"
 
 type gooseVersion struct {
 	VersionID int64 `db:"version_id"`
@@ -66,7 +67,7 @@ type gooseVersion struct {
 
 // allVersions is what Goose's version table holds once every migration is
 // applied.
-var allVersions = []gooseVersion{{0, true}, {1, true}, {2, true}, {3, true}, {4, true}, {5, true}, {6, true}, {7, true}}
+var allVersions = []gooseVersion{{0, true}, {1, true}, {2, true}, {3, true}, {4, true}, {5, true}, {6, true}, {7, true}, {8, true}}
 
 // requireVersions fails the test unless Goose's version table holds want.
 func requireVersions(t *testing.T, ctx context.Context, pool *pgxpool.Pool, want ...gooseVersion) {
@@ -115,8 +116,7 @@ var latestObjects = []string{
 	"function pg2kafka.guard(regclass)",
 	"function pg2kafka.refuse_truncate()",
 	"function pg2kafka.requeue_dead_letters(bigint[])",
-	"function pg2kafka.setup(regclass,text,text[],text[],boolean,text,text,boolean)",
-	"function pg2kafka.setup_capture(regclass,text,text[],text[],boolean,text,text,boolean)",
+	"function pg2kafka.setup(regclass,text,text[],text[],boolean,text,text,boolean,boolean)",
 	"function pg2kafka.teardown(regclass,boolean)",
 	"function pg2kafka.teardown_capture(regclass,boolean)",
 	"i backfills_pkey",

@@ -67,12 +67,13 @@ type trackedOptions struct {
 	IncludeOld       bool     `db:"include_old"`
 	Filter           *string  `db:"filter"`
 	Topic            *string  `db:"topic"`
+	FullRow          bool     `db:"full_row"`
 }
 
 func (b *bundle) requireOptions(t *testing.T, table string, want trackedOptions) {
 	t.Helper()
 	rows, _ := b.pool.Query(b.ctx, `
-		SELECT external_id_column, operations, columns, include_old, filter, topic
+		SELECT external_id_column, operations, columns, include_old, filter, topic, full_row
 		FROM pg2kafka.tracked_tables WHERE relation = $1::regclass`, table)
 	got, err := pgx.CollectExactlyOneRow(rows, pgx.RowToStructByName[trackedOptions])
 	if err != nil {

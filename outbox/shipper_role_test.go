@@ -31,6 +31,7 @@ var shipperPrivileges = []string{
 	"SELECT ON pg2kafka.goose_db_version",
 	"SELECT ON pg2kafka.installation",
 	"SELECT ON pg2kafka.outbound_event_queue",
+	"SELECT ON pg2kafka.tracked_tables",
 	"UPDATE (id) ON pg2kafka.outbound_event_queue",
 	"USAGE ON SCHEMA pg2kafka",
 }
@@ -193,7 +194,8 @@ func TestShipperRoleCannot(t *testing.T) {
 		{`TRUNCATE pg2kafka.outbound_event_queue`, "permission denied for table outbound_event_queue"},
 		{`SELECT * FROM pg2kafka.dead_letter_events`, "permission denied for table dead_letter_events"},
 		{`SELECT pg2kafka.requeue_dead_letters()`, "permission denied for function requeue_dead_letters"},
-		{`SELECT * FROM pg2kafka.tracked_tables`, "permission denied for table tracked_tables"},
+		// It reads the tables' options (for the event formats), never changes them.
+		{`UPDATE pg2kafka.tracked_tables SET topic = 'elsewhere'`, "permission denied for table tracked_tables"},
 		{`DELETE FROM pg2kafka.goose_db_version`, "permission denied for table goose_db_version"},
 		{`UPDATE pg2kafka.installation SET id = gen_random_uuid()`, "permission denied for table installation"},
 		{`SELECT pg2kafka.setup('products', 'sku')`, "permission denied for function setup"},
@@ -280,8 +282,9 @@ func TestMigrateDownRevokesShipperPrivileges(t *testing.T) {
 	if got := grantedTo(t, b.pool, "pg2kafka_shipper"); !reflect.DeepEqual(got, shipperPrivileges) {
 		t.Errorf("pg2kafka_shipper holds:\n got %q\nwant %q", got, shipperPrivileges)
 	}
-	// Migration 4 replaced setup() with one taking options.
-	const latestSetupFn = "pg2kafka.setup(regclass,text,text[],text[],boolean,text,text,boolean)"
+	// Migration 4 replaced setup() with one taking options, migration 7
+	// with one taking full_row too.
+	const latestSetupFn = "pg2kafka.setup(regclass,text,text[],text[],boolean,text,text,boolean,boolean)"
 	if mayExecute(t, b.pool, "public", latestSetupFn) {
 		t.Errorf("PUBLIC may call %s", latestSetupFn)
 	}

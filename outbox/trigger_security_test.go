@@ -50,6 +50,10 @@ func TestTriggerIgnoresTheWritersSearchPath(t *testing.T) {
 		`SELECT pg2kafka.setup('items', 'id')`,
 		// Every option, so that every branch of the trigger runs.
 		`SELECT pg2kafka.setup('orders', 'id', columns => '{id,status}', include_old => true, topic => 'orders.v1')`,
+		`CREATE TABLE carts (id int PRIMARY KEY, total int)`,
+		`CREATE TABLE parcels (id int PRIMARY KEY, status text, note text)`,
+		`SELECT pg2kafka.setup('carts', 'id', full_row => true)`,
+		`SELECT pg2kafka.setup('parcels', 'id', columns => '{id,status}', full_row => true)`,
 	)
 	var database string
 	if err := b.pool.QueryRow(b.ctx, `SELECT current_database()`).Scan(&database); err != nil {
@@ -58,7 +62,7 @@ func TestTriggerIgnoresTheWritersSearchPath(t *testing.T) {
 	role := pgx.Identifier{writer.Name}.Sanitize()
 	b.exec(t,
 		`GRANT CREATE ON DATABASE `+pgx.Identifier{database}.Sanitize()+` TO `+role,
-		`GRANT SELECT, INSERT, UPDATE, DELETE ON items, orders TO `+role,
+		`GRANT SELECT, INSERT, UPDATE, DELETE ON items, orders, carts, parcels TO `+role,
 	)
 	conn, err := pgx.Connect(b.ctx, writer.ConnString(t, b.connString))
 	if err != nil {
@@ -79,6 +83,14 @@ func TestTriggerIgnoresTheWritersSearchPath(t *testing.T) {
 		`UPDATE public.orders SET status = 'paid', note = 'wrapped' WHERE id = 7`,
 		`UPDATE public.orders SET note = 'unwrapped' WHERE id = 7`, // no kept column changed
 		`DELETE FROM public.orders WHERE id = 7`,
+		`INSERT INTO public.carts VALUES (3, 10)`,
+		`UPDATE public.carts SET total = 11`,
+		`UPDATE public.carts SET total = 11`, // no change, no event
+		`DELETE FROM public.carts`,
+		`INSERT INTO public.parcels VALUES (4, 'new', 'fragile')`,
+		`UPDATE public.parcels SET status = 'sent'`,
+		`UPDATE public.parcels SET note = 'heavy'`, // no kept column changed
+		`DELETE FROM public.parcels`,
 	} {
 		if _, err := conn.Exec(b.ctx, sql); err != nil {
 			t.Fatalf("as the writer, with search_path = evil, pg_catalog: %s: %v", sql, err)
@@ -93,5 +105,11 @@ func TestTriggerIgnoresTheWritersSearchPath(t *testing.T) {
 		event{ExternalID: ptr("7"), Statement: "INSERT", Data: `{"id": 7, "status": "new"}`, Topic: topic},
 		event{ExternalID: ptr("7"), Statement: "UPDATE", Data: `{"status": "paid"}`, Old: ptr(`{"status": "new"}`), Topic: topic},
 		event{ExternalID: ptr("7"), Statement: "DELETE", Data: `{}`, Old: ptr(`{"id": 7, "status": "paid"}`), Topic: topic},
+		event{ExternalID: ptr("3"), Statement: "INSERT", Data: `{"id": 3, "total": 10}`},
+		event{ExternalID: ptr("3"), Statement: "UPDATE", Data: `{"id": 3, "total": 11}`, Old: ptr(`{"id": 3, "total": 10}`)},
+		event{ExternalID: ptr("3"), Statement: "DELETE", Data: `{}`, Old: ptr(`{"id": 3, "total": 11}`)},
+		event{ExternalID: ptr("4"), Statement: "INSERT", Data: `{"id": 4, "status": "new"}`},
+		event{ExternalID: ptr("4"), Statement: "UPDATE", Data: `{"id": 4, "status": "sent"}`, Old: ptr(`{"id": 4, "status": "new"}`)},
+		event{ExternalID: ptr("4"), Statement: "DELETE", Data: `{}`, Old: ptr(`{"id": 4, "status": "sent"}`)},
 	)
 }

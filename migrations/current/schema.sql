@@ -95,6 +95,7 @@ CREATE TABLE pg2kafka.tracked_tables (
     include_old boolean DEFAULT false NOT NULL,
     filter text,
     topic text,
+    full_row boolean DEFAULT false NOT NULL,
     CONSTRAINT tracked_tables_pkey PRIMARY KEY (relation)
 );
 
@@ -227,6 +228,7 @@ DECLARE
     previous pg_catalog.jsonb;
     to_topic pg_catalog.text;
     with_old pg_catalog.bool := false;
+    whole    pg_catalog.bool := false;
     kept     pg_catalog.text[];
 BEGIN
     -- The commonest case first, in the fewest steps: each costs every row.
@@ -244,6 +246,9 @@ BEGIN
         IF TG_ARGV[5] OPERATOR(pg_catalog.<>) '' THEN
             kept := TG_ARGV[5]::pg_catalog.text[];
         END IF;
+        IF TG_NARGS OPERATOR(pg_catalog.>) 6 THEN
+            whole := TG_ARGV[6]::pg_catalog.bool;
+        END IF;
     END IF;
     IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
         new_row := pg_catalog.to_jsonb(NEW);
@@ -259,6 +264,28 @@ BEGIN
     ELSIF TG_OP OPERATOR(pg_catalog.=) 'UPDATE' THEN
         new_row := pg_catalog.to_jsonb(NEW);
         old_row := pg_catalog.to_jsonb(OLD);
+        IF whole THEN
+            -- Both rows whole (as far as columns keeps them), compared whole:
+            -- cheaper than finding which columns changed.
+            IF kept IS NULL THEN
+                payload := new_row;
+                previous := old_row;
+            ELSE
+                SELECT COALESCE(pg_catalog.jsonb_object_agg(c.key, c.value), '{}') INTO payload
+                FROM pg_catalog.jsonb_each(new_row) AS c
+                WHERE c.key OPERATOR(pg_catalog.=) ANY (kept);
+                SELECT COALESCE(pg_catalog.jsonb_object_agg(c.key, c.value), '{}') INTO previous
+                FROM pg_catalog.jsonb_each(old_row) AS c
+                WHERE c.key OPERATOR(pg_catalog.=) ANY (kept);
+            END IF;
+            -- An UPDATE that changed nothing (that is kept) is not a change.
+            IF payload OPERATOR(pg_catalog.=) previous THEN
+                RETURN NULL;
+            END IF;
+            INSERT INTO pg2kafka.outbound_event_queue (external_id, table_schema, table_name, statement, data, topic, old)
+            VALUES (new_row OPERATOR(pg_catalog.->>) TG_ARGV[0], TG_ARGV[1], TG_ARGV[2], 'UPDATE', payload, to_topic, previous);
+            RETURN NULL;
+        END IF;
         -- A value of jsonb_each is never SQL null, so NOT COALESCE(… = …,
         -- false) is IS DISTINCT FROM: true too for a key OLD lacks.
         SELECT pg_catalog.jsonb_object_agg(n.key, n.value),
@@ -275,7 +302,7 @@ BEGIN
         VALUES (new_row OPERATOR(pg_catalog.->>) TG_ARGV[0], TG_ARGV[1], TG_ARGV[2], 'UPDATE', changed, to_topic, previous);
     ELSE
         old_row := pg_catalog.to_jsonb(OLD);
-        IF NOT with_old THEN
+        IF NOT (with_old OR whole) THEN
             previous := NULL;
         ELSIF kept IS NULL THEN
             previous := old_row;
@@ -375,6 +402,7 @@ BEGIN
     GRANT EXECUTE ON FUNCTION pg2kafka.event_uuid(bigint, timestamptz) TO pg2kafka_shipper;
     GRANT SELECT (table_schema, table_name) ON pg2kafka.tracked_tables TO pg2kafka_shipper;
     GRANT SELECT (table_schema, table_name) ON pg2kafka.dead_letter_events TO pg2kafka_shipper;
+    GRANT SELECT ON pg2kafka.tracked_tables TO pg2kafka_shipper;
     RETURN true;
 END
 $function$;
@@ -435,18 +463,7 @@ AS $function$
     SELECT count(*) FROM requeued
 $function$;
 
-CREATE OR REPLACE FUNCTION pg2kafka.setup(table_name regclass, external_id_name text, operations text[] DEFAULT '{INSERT,UPDATE,DELETE}'::text[], columns text[] DEFAULT NULL::text[], include_old boolean DEFAULT false, filter text DEFAULT NULL::text, topic text DEFAULT NULL::text, snapshot boolean DEFAULT NULL::boolean)
- RETURNS void
- LANGUAGE plpgsql
- SET search_path TO 'pg_catalog', 'pg_temp'
-AS $function$
-BEGIN
-    PERFORM pg2kafka.setup_capture(table_name, external_id_name, operations, columns, include_old, filter, topic, snapshot);
-    PERFORM pg2kafka.guard(table_name);
-END
-$function$;
-
-CREATE OR REPLACE FUNCTION pg2kafka.setup_capture(table_name regclass, external_id_name text, operations text[] DEFAULT '{INSERT,UPDATE,DELETE}'::text[], columns text[] DEFAULT NULL::text[], include_old boolean DEFAULT false, filter text DEFAULT NULL::text, topic text DEFAULT NULL::text, snapshot boolean DEFAULT NULL::boolean)
+CREATE OR REPLACE FUNCTION pg2kafka.setup(table_name regclass, external_id_name text, operations text[] DEFAULT '{INSERT,UPDATE,DELETE}'::text[], columns text[] DEFAULT NULL::text[], include_old boolean DEFAULT false, filter text DEFAULT NULL::text, topic text DEFAULT NULL::text, snapshot boolean DEFAULT NULL::boolean, full_row boolean DEFAULT false)
  RETURNS void
  LANGUAGE plpgsql
  SET search_path TO 'pg_catalog', 'pg_temp'
@@ -459,6 +476,7 @@ DECLARE
     ops         text[];
     cols        text[];
     with_old    boolean := coalesce(include_old, false);
+    whole       boolean := coalesce(full_row, false);
     bad         text;
     check_query refcursor;
     tracked     pg2kafka.tracked_tables;
@@ -558,15 +576,16 @@ BEGIN
     -- The registry's primary key serialises concurrent setup() calls for one
     -- table: the second waits for the first to commit, then sees the row.
     INSERT INTO pg2kafka.tracked_tables AS t
-        (relation, table_schema, table_name, external_id_column, operations, columns, include_old, filter, topic)
-    VALUES (table_name, rel_schema, rel_name, external_id_name, ops, cols, with_old, filter, topic)
+        (relation, table_schema, table_name, external_id_column, operations, columns, include_old, filter, topic, full_row)
+    VALUES (table_name, rel_schema, rel_name, external_id_name, ops, cols, with_old, filter, topic, whole)
     ON CONFLICT (relation) DO NOTHING
     RETURNING * INTO tracked;
     first_time := FOUND;
     IF NOT first_time THEN
         SELECT * INTO tracked FROM pg2kafka.tracked_tables AS t WHERE t.relation = table_name FOR UPDATE;
-        IF (tracked.external_id_column, tracked.operations, tracked.columns, tracked.include_old, tracked.filter, tracked.topic)
-           IS NOT DISTINCT FROM (external_id_name, ops, cols, with_old, filter, topic) THEN
+        IF (tracked.external_id_column, tracked.operations, tracked.columns, tracked.include_old, tracked.filter, tracked.topic, tracked.full_row)
+           IS NOT DISTINCT FROM (external_id_name, ops, cols, with_old, filter, topic, whole) THEN
+            PERFORM pg2kafka.guard(table_name);
             IF snapshot THEN
                 PERFORM pg2kafka.enqueue_snapshot(tracked);
                 RETURN;
@@ -576,7 +595,7 @@ BEGIN
         END IF;
         UPDATE pg2kafka.tracked_tables AS t
         SET external_id_column = external_id_name, operations = ops, columns = cols,
-            include_old = with_old, filter = filter, topic = topic
+            include_old = with_old, filter = filter, topic = topic, full_row = whole
         WHERE t.relation = table_name
         RETURNING * INTO tracked;
         RAISE NOTICE 'pg2kafka.setup: % is already tracked; its options are changed', table_name;
@@ -600,8 +619,13 @@ BEGIN
         trigger_sql := trigger_sql || format(E'WHEN (%s\n) ', filter);
     END IF;
     trigger_sql := trigger_sql || format('EXECUTE FUNCTION pg2kafka.enqueue_event(%L, %L, %L', external_id_name, tracked.table_schema, tracked.table_name);
-    IF cols IS NOT NULL OR with_old OR topic IS NOT NULL THEN
+    IF cols IS NOT NULL OR with_old OR topic IS NOT NULL OR whole THEN
         trigger_sql := trigger_sql || format(', %L, %L, %L', coalesce(topic, ''), with_old, coalesce(cols::text, ''));
+    END IF;
+    -- A seventh argument only for full_row, so that the triggers of other
+    -- tables stay as they were.
+    IF whole THEN
+        trigger_sql := trigger_sql || ', ''true''';
     END IF;
     trigger_sql := trigger_sql || ')';
     BEGIN
@@ -618,6 +642,10 @@ BEGIN
                       ELSE 'filter is a boolean condition on NEW and OLD, as in a trigger''s WHEN clause, e.g. NEW.status <> ''draft''.'
                   END;
     END;
+
+    -- CREATE OR REPLACE TRIGGER sets the trigger back to ENABLE; guard()
+    -- makes it fire ALWAYS again.
+    PERFORM pg2kafka.guard(table_name);
 
     IF coalesce(snapshot, first_time) THEN
         PERFORM pg2kafka.enqueue_snapshot(tracked);
@@ -681,13 +709,14 @@ COMMENT ON TABLE pg2kafka.installation IS 'This installation''s id, the namespac
 COMMENT ON TABLE pg2kafka.outbound_event_queue IS 'Change events waiting to be shipped; a row is deleted once its destination acknowledged it.';
 COMMENT ON COLUMN pg2kafka.outbound_event_queue.uuid IS 'The event''s uuid if it has its own (a requeued dead letter); null for pg2kafka.event_uuid(id, created_at).';
 COMMENT ON COLUMN pg2kafka.outbound_event_queue.topic IS 'The topic setup(topic => …) chose for the event; null for the default.';
-COMMENT ON COLUMN pg2kafka.outbound_event_queue.old IS 'With include_old: the previous values of an UPDATE''s changed columns, or the row a DELETE removed.';
+COMMENT ON COLUMN pg2kafka.outbound_event_queue.old IS 'With include_old: the previous values of an UPDATE''s changed columns, or the row a DELETE removed; with full_row: the whole previous row.';
 COMMENT ON TABLE pg2kafka.tracked_tables IS 'Tables whose changes pg2kafka captures, and the column whose value keys their events.';
 COMMENT ON COLUMN pg2kafka.tracked_tables.operations IS 'The statements captured, in the order INSERT, UPDATE, DELETE.';
 COMMENT ON COLUMN pg2kafka.tracked_tables.columns IS 'The columns that go into data and old, in table order; null for all.';
 COMMENT ON COLUMN pg2kafka.tracked_tables.include_old IS 'Whether UPDATE and DELETE events carry "old", the previous values.';
 COMMENT ON COLUMN pg2kafka.tracked_tables.filter IS 'The trigger''s WHEN condition on NEW/OLD; null for none.';
 COMMENT ON COLUMN pg2kafka.tracked_tables.topic IS 'The topic of the table''s events; null for pg2kafka.<db>.<table>.';
+COMMENT ON COLUMN pg2kafka.tracked_tables.full_row IS 'Whether UPDATE events carry the whole new row as data and UPDATE and DELETE events the whole previous row as old.';
 COMMENT ON FUNCTION pg2kafka.event_uuid(bigint,timestamp with time zone) IS 'The uuid of the event with this id and created_at, for an event queued without one.';
 
 -- GRANTS
@@ -697,9 +726,9 @@ GRANT INSERT, SELECT (table_name), SELECT (table_schema) ON TABLE pg2kafka.dead_
 GRANT SELECT ON TABLE pg2kafka.goose_db_version TO pg2kafka_shipper;
 GRANT SELECT ON TABLE pg2kafka.installation TO pg2kafka_shipper;
 GRANT DELETE, SELECT, UPDATE (id) ON TABLE pg2kafka.outbound_event_queue TO pg2kafka_shipper;
-GRANT SELECT (table_name), SELECT (table_schema) ON TABLE pg2kafka.tracked_tables TO pg2kafka_shipper;
+GRANT SELECT, SELECT (table_name), SELECT (table_schema) ON TABLE pg2kafka.tracked_tables TO pg2kafka_shipper;
 GRANT EXECUTE ON FUNCTION pg2kafka.event_uuid(bigint,timestamp with time zone) TO pg2kafka_shipper;
 
 -- MIGRATIONS APPLIED
 
--- goose version 7
+-- goose version 8

@@ -30,6 +30,7 @@ left out goes back to its default.`)
 		return nil
 	})
 	cl.BoolVar(&opts.IncludeOld, "include-old", false, "events of UPDATE and DELETE carry the values before the change in \"old\"")
+	cl.BoolVar(&opts.FullRow, "full-row", false, "events of UPDATE carry the whole new row in data and the whole previous row in \"old\", those of DELETE the whole deleted row in \"old\"; EVENT_FORMAT's formats other than pg2kafka need it")
 	cl.StringVar(&opts.Filter, "filter", "", "a boolean SQL `condition` on NEW and OLD; a change for which it is not true emits nothing (default none)")
 	cl.StringVar(&opts.Topic, "topic", "", "the table's topic, used as given (default pg2kafka.<db>.<table>)")
 	cl.BoolFunc("snapshot", "queue a SNAPSHOT event per existing row (default true the first time, false after); -snapshot=false on a big table, then pg2kafka backfill", func(v string) error {

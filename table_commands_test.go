@@ -80,6 +80,13 @@ func TestSetupCommand(t *testing.T) {
 		t.Errorf("tracked_tables after setup without options: %s, want %s", got, want)
 	}
 
+	runCommand(t, env, "setup", "products", "sku", "-full-row").
+		require(t, 0, "public.products is tracked, keyed by sku; 0 SNAPSHOT events queued\n",
+			"level=INFO msg=\"postgres notice\" message=\"pg2kafka.setup: public.products is already tracked; its options are changed\"\n")
+	if got, want := queryString(t, pool, `SELECT full_row::text FROM pg2kafka.tracked_tables`), "true"; got != want {
+		t.Errorf("tracked_tables after setup -full-row: full_row %s, want %s", got, want)
+	}
+
 	mustExec(t, pool, `CREATE TABLE "Order Items" (id int PRIMARY KEY)`, `INSERT INTO "Order Items" VALUES (1)`)
 	runCommand(t, env, "setup", `"Order Items"`, "id", "-snapshot=false").
 		require(t, 0, "public.Order Items is tracked, keyed by id; 0 SNAPSHOT events queued\n", "")
@@ -148,7 +155,7 @@ func TestTableCommandsHelp(t *testing.T) {
 		command string
 		flags   []string
 	}{
-		{"setup", []string{"-columns list", "-filter condition", "-include-old", "-operations list", "-snapshot", "-topic string"}},
+		{"setup", []string{"-columns list", "-filter condition", "-full-row", "-include-old", "-operations list", "-snapshot", "-topic string"}},
 		{"teardown", []string{"-purge"}},
 		{"requeue", nil},
 		{"backfill", []string{"-chunk-size int (default 10000)"}},

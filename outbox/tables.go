@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -25,8 +26,19 @@ type TrackedTable struct {
 	// Filter is the WHEN condition; "" for none.
 	Filter string `json:"filter,omitempty"`
 	// Topic is the table's own topic; "" for the default name.
-	Topic        string    `json:"topic,omitempty"`
+	Topic string `json:"topic,omitempty"`
+	// FullRow is whether UPDATE and DELETE events carry whole rows.
+	FullRow      bool      `json:"full_row"`
 	TrackedSince time.Time `json:"tracked_since"`
+}
+
+// Table returns the table as its events name it.
+func (t *TrackedTable) Table() Table { return Table{Schema: t.Schema, Name: t.Name} }
+
+// Captures reports whether the table's trigger captures statement (INSERT,
+// UPDATE or DELETE).
+func (t *TrackedTable) Captures(statement string) bool {
+	return slices.Contains(t.Operations, statement)
 }
 
 // SetupOptions are setup()'s optional arguments; the zero value of each
@@ -37,6 +49,7 @@ type SetupOptions struct {
 	IncludeOld bool
 	Filter     string
 	Topic      string
+	FullRow    bool
 	// Snapshot, when set, says whether to enqueue a SNAPSHOT event per row;
 	// by default setup() does the first time a table is set up.
 	Snapshot *bool
@@ -57,12 +70,12 @@ FROM pg_stat_xact_user_tables WHERE relid = 'pg2kafka.outbound_event_queue'::reg
 
 const trackedTablesSQL = `
 SELECT table_schema, table_name, external_id_column, operations, columns, include_old,
-       coalesce(filter, ''), coalesce(topic, ''), tracked_since
+       coalesce(filter, ''), coalesce(topic, ''), full_row, tracked_since
 FROM pg2kafka.tracked_tables`
 
 func scanTrackedTable(row pgx.CollectableRow) (TrackedTable, error) {
 	var t TrackedTable
-	err := row.Scan(&t.Schema, &t.Name, &t.KeyColumn, &t.Operations, &t.Columns, &t.IncludeOld, &t.Filter, &t.Topic, &t.TrackedSince)
+	err := row.Scan(&t.Schema, &t.Name, &t.KeyColumn, &t.Operations, &t.Columns, &t.IncludeOld, &t.Filter, &t.Topic, &t.FullRow, &t.TrackedSince)
 	return t, err
 }
 
@@ -78,6 +91,12 @@ func ListTrackedTables(ctx context.Context, pool *pgxpool.Pool) ([]TrackedTable,
 		return nil, fmt.Errorf("outbox: list tracked tables: %w", err)
 	}
 	return tables, nil
+}
+
+// TrackedTables returns the tracked tables with their options, ordered by
+// schema and name.
+func (q *Queue) TrackedTables(ctx context.Context) ([]TrackedTable, error) {
+	return ListTrackedTables(ctx, q.pool)
 }
 
 // Setup calls pg2kafka.setup(table, keyColumn, …) in a transaction of its
@@ -102,8 +121,9 @@ func Setup(ctx context.Context, pool *pgxpool.Pool, table, keyColumn string, opt
 		_, err := tx.Exec(ctx, `
 			SELECT pg2kafka.setup($1::text::regclass, $2,
 			    operations => coalesce($3::text[], '{INSERT,UPDATE,DELETE}'), columns => $4::text[],
-			    include_old => $5, filter => $6::text, topic => $7::text, snapshot => $8::boolean)`,
-			table, keyColumn, ops, cols, opts.IncludeOld, filter, topic, opts.Snapshot)
+			    include_old => $5, filter => $6::text, topic => $7::text, snapshot => $8::boolean,
+			    full_row => $9)`,
+			table, keyColumn, ops, cols, opts.IncludeOld, filter, topic, opts.Snapshot, opts.FullRow)
 		if err != nil {
 			return err
 		}

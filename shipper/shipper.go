@@ -54,6 +54,15 @@ type Config struct {
 	// flight may still wait for its acknowledgements before it is rolled
 	// back. Default 5s.
 	ShutdownTimeout time.Duration
+	// Format is the shape of every record's value. Default FormatPg2kafka.
+	Format Format
+	// DebeziumTombstones follows each DELETE event that has a key with a
+	// record of the same key and a null value, for compacted topics. Only
+	// with FormatDebezium. Default false.
+	DebeziumTombstones bool
+	// Version is pg2kafka's version, which FormatDebezium's source names.
+	// Default: the binary's module version, or "dev".
+	Version string
 	// Logger receives the shipper's logs. Default: discard.
 	Logger *slog.Logger
 	// OnSettled, if set, is called by a worker after each batch it shipped
@@ -91,6 +100,9 @@ func (c *Config) withDefaults() Config {
 	}
 	if out.Logger == nil {
 		out.Logger = slog.New(slog.DiscardHandler)
+	}
+	if out.Version == "" {
+		out.Version = buildVersion()
 	}
 	return out
 }
@@ -140,6 +152,10 @@ func (s *Shipper) DeadLettered() int64 { return s.deadLettered.Load() }
 // another kind of destination on the same queue do: Run returns their
 // *outbox.DestinationConflictError at once.
 func (s *Shipper) Run(ctx context.Context) error {
+	registry := &tables{queue: s.queue}
+	if s.cfg.Format != FormatPg2kafka {
+		registry.warnIncomplete(ctx, s.cfg.Format, s.cfg.Logger)
+	}
 	var workers []*worker
 	for i := range s.cfg.Workers {
 		w := &worker{
@@ -149,6 +165,7 @@ func (s *Shipper) Run(ctx context.Context) error {
 			logger:  s.cfg.Logger.With(slog.Int("worker", i)),
 			topics:  make(map[outbox.Table]string),
 			paused:  make(map[outbox.Table]*retryState),
+			tables:  registry,
 
 			deadLettered: &s.deadLettered,
 		}
@@ -208,6 +225,8 @@ type worker struct {
 	// step that met a database error, until one that did not.
 	state  workerState
 	failed bool
+	// tables is the registry of tracked tables, for formats that need it.
+	tables *tables
 }
 
 // minPollInterval is the first wait after a claim finds nothing. The waits
@@ -269,8 +288,14 @@ func (w *worker) shipBatch(ctx context.Context) (int, error) {
 		return 0, batch.Rollback(ctx)
 	}
 	w.noteEventSizes(batch.Events)
+	if w.cfg.Format == FormatPgevents {
+		// Its id is the key column's value: the registry names the column.
+		if err := w.tables.cover(ctx, batch.Events); err != nil {
+			return 0, errors.Join(err, batch.Rollback(ctx))
+		}
+	}
 
-	msgs, ids := w.encode(batch.Events)
+	msgs, ids, firsts := w.encode(batch.Events)
 
 	// The batch is sent even if shutdown begins meanwhile, so that what the
 	// destination acknowledges can still be deleted; but only for
@@ -284,6 +309,9 @@ func (w *worker) shipBatch(ctx context.Context) (int, error) {
 	sendStart := time.Now()
 	errs := w.send(sendCtx, msgs)
 	sent := time.Since(sendStart)
+	if firsts != nil {
+		msgs, errs = perEvent(msgs, errs, firsts)
+	}
 	acked := ids[:0:0]
 	var deadLetters []outbox.DeadLetter
 	var refused []int
@@ -371,46 +399,108 @@ type failure struct {
 	events int
 }
 
-func (w *worker) encode(events []outbox.Event) ([]Message, []int64) {
+// encode builds a message per event, and for DEBEZIUM_TOMBSTONES a
+// tombstone after each DELETE with a key. When it adds any, firsts holds
+// the index of each event's first message (its event's own), and the
+// messages up to the next event's are its; firsts is nil otherwise, each
+// message being its event's.
+func (w *worker) encode(events []outbox.Event) (msgs []Message, ids []int64, firsts []int) {
 	size := 0
+	tombstones := 0
+	perEvent := 160
+	if w.cfg.Format != FormatPg2kafka {
+		perEvent += 300 + len(w.cfg.Database)*2
+	}
 	for i := range events {
-		size += len(events[i].Data) + len(events[i].Old) + 160
-		if events[i].ExternalID != nil {
-			size += len(*events[i].ExternalID)
+		e := &events[i]
+		size += len(e.Data) + len(e.Old) + perEvent
+		if e.ExternalID != nil {
+			size += len(*e.ExternalID)
+			if w.cfg.DebeziumTombstones && w.cfg.Format == FormatDebezium && e.Statement == "DELETE" {
+				tombstones++
+			}
 		}
 	}
+	f := formatter{format: w.cfg.Format, database: w.cfg.Database, version: "pg2kafka-" + w.cfg.Version,
+		shippedMs: time.Now().UnixMilli(), keyColumn: w.tables.keyColumn}
 	arena := make([]byte, 0, size)
-	msgs := make([]Message, len(events))
-	ids := make([]int64, len(events))
+	msgs = make([]Message, 0, len(events)+tombstones)
+	ids = make([]int64, len(events))
+	if tombstones > 0 {
+		firsts = make([]int, len(events))
+	}
 	headers := make([]Header, 3*len(events))
 	for i := range events {
 		e := &events[i]
+		// A topic chosen in setup() travels with the event, so that
+		// changing it does not move events already queued.
+		topic := w.topic(e.Table())
+		if e.Topic != nil {
+			topic = *e.Topic
+		}
 		start := len(arena)
-		arena = appendEvent(arena, e)
-		value := arena[start:len(arena):len(arena)]
+		var value, eventID []byte
+		if w.cfg.Format == FormatPg2kafka || e.Statement == statementEvent {
+			arena = appendEvent(arena, e)
+			value = arena[start:len(arena):len(arena)]
+			eventID = value[uuidOffset : uuidOffset+36 : uuidOffset+36]
+		} else {
+			arena = f.appendValue(arena, e, topic)
+			value = arena[start:len(arena):len(arena)]
+			start = len(arena)
+			arena = appendUUID(arena, e.UUID)
+			eventID = arena[start:len(arena):len(arena)]
+		}
 		h := headers[3*i : 3*i+3 : 3*i+3]
-		h[0] = Header{HeaderEventID, value[uuidOffset : uuidOffset+36 : uuidOffset+36]}
+		h[0] = Header{HeaderEventID, eventID}
 		h[1] = Header{HeaderStatement, statementValues[e.Statement]}
 		h[2] = Header{HeaderTable, w.tableHeader(e.Table())}
-		msgs[i] = Message{
-			Topic:     w.topic(e.Table()),
+		m := Message{
+			Topic:     topic,
 			Value:     value,
 			Headers:   h,
 			Timestamp: e.CreatedAt,
 		}
-		// A topic chosen in setup() travels with the event, so that
-		// changing it does not move events already queued.
-		if e.Topic != nil {
-			msgs[i].Topic = *e.Topic
-		}
 		if e.ExternalID != nil {
 			start := len(arena)
 			arena = append(arena, *e.ExternalID...)
-			msgs[i].Key = arena[start:len(arena):len(arena)]
+			m.Key = arena[start:len(arena):len(arena)]
+		}
+		if firsts != nil {
+			firsts[i] = len(msgs)
+		}
+		msgs = append(msgs, m)
+		// Right after its DELETE, so that a later event of the key, in
+		// this batch or after, comes after it.
+		if m.Key != nil && tombstones > 0 && e.Statement == "DELETE" {
+			msgs = append(msgs, Message{Topic: topic, Key: m.Key, Headers: h, Timestamp: e.CreatedAt})
 		}
 		ids[i] = e.ID
 	}
-	return msgs, ids
+	return msgs, ids, firsts
+}
+
+// perEvent folds the results of messages into those of their events, as
+// firsts (see encode) groups them: an event is acknowledged once all its
+// messages are, and otherwise fails with its first message's error that
+// is not nil. It returns each event's own message beside its result.
+func perEvent(msgs []Message, errs []error, firsts []int) ([]Message, []error) {
+	own := make([]Message, len(firsts))
+	results := make([]error, len(firsts))
+	for i, first := range firsts {
+		end := len(msgs)
+		if i+1 < len(firsts) {
+			end = firsts[i+1]
+		}
+		own[i] = msgs[first]
+		for _, err := range errs[first:end] {
+			if err != nil {
+				results[i] = err
+				break
+			}
+		}
+	}
+	return own, results
 }
 
 func (w *worker) tableHeader(t outbox.Table) []byte {

@@ -42,7 +42,11 @@ func (s *WriterSink) Send(ctx context.Context, msgs []Message) []error {
 			b = appendJSONString(b, string(m.Key))
 		}
 		b = append(b, `,"value":`...)
-		b = append(b, m.Value...)
+		if m.Value == nil {
+			b = append(b, "null"...) // a tombstone
+		} else {
+			b = append(b, m.Value...)
+		}
 		if len(m.Headers) > 0 {
 			b = append(b, `,"headers":{`...)
 			for j, h := range m.Headers {

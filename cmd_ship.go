@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -94,6 +95,9 @@ func runShip(ctx context.Context, args []string, env environment) error {
 		SendTimeout:         cfg.SendTimeout,
 		ShutdownTimeout:     cfg.ShutdownTimeout,
 		LaneTakeoverTimeout: cfg.LaneTakeoverTimeout,
+		Format:              cfg.EventFormat,
+		DebeziumTombstones:  cfg.DebeziumTombstones,
+		Version:             strings.TrimPrefix(buildVersion(), "v"),
 		Logger:              logger,
 	}, queue, sink)
 	err = s.Run(ctx)

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pg2kafka/pg2kafka/shipper"
 )
 
 // Config is everything pg2kafka reads from its environment and flags.
@@ -55,8 +57,14 @@ type Config struct {
 	// LaneTakeoverTimeout bounds how long a replica that stopped keeps its
 	// lanes. Default 10s.
 	LaneTakeoverTimeout time.Duration
-	LogLevel            slog.Level
-	LogFormat           string
+	// EventFormat is the shape of every record's value. Default
+	// shipper.FormatPg2kafka.
+	EventFormat shipper.Format
+	// DebeziumTombstones follows each DELETE with a tombstone, with
+	// EventFormat debezium. Default false.
+	DebeziumTombstones bool
+	LogLevel           slog.Level
+	LogFormat          string
 
 	// brokersTLS records that KAFKA_PRODUCER_URL's scheme asks for TLS, until
 	// parseConfig folds it into KafkaTLS.
@@ -203,6 +211,19 @@ func coreSettings() []setting {
 				c.LaneTakeoverTimeout = d
 				return nil
 			}},
+		{env: []string{"EVENT_FORMAT"}, flag: "event-format", def: "pg2kafka",
+			help: "The shape of every record's value, for every destination: pg2kafka (its own event), debezium (Debezium's PostgreSQL connector, schemaless JSON), hasura (Hasura's event trigger payload), skor, or pgevents. All but pg2kafka need tables set up with full_row => true to describe UPDATEs and DELETEs whole.",
+			parse: func(c *Config, v string) error {
+				f, err := shipper.ParseFormat(v)
+				if err != nil {
+					return errors.New("must be one of " + strings.Join(shipper.FormatNames(), ", "))
+				}
+				c.EventFormat = f
+				return nil
+			}},
+		{env: []string{"DEBEZIUM_TOMBSTONES"}, boolean: true, flag: "debezium-tombstones", def: "false",
+			help:  "With EVENT_FORMAT=debezium, follow each DELETE that has a key with a record of the same key and a null value, as Debezium does, for compacted topics.",
+			parse: boolInto(func(c *Config) *bool { return &c.DebeziumTombstones })},
 		{env: []string{"LOG_LEVEL"}, flag: "log-level", def: "info", scope: everyCommand,
 			help: "debug, info, warn or error.",
 			parse: func(c *Config, v string) error {
@@ -400,6 +421,14 @@ func (cl *commandLine) parse(args []string, getenv func(string) string, usage io
 				return cfg, err
 			}
 		}
+	}
+	if cfg.DebeziumTombstones && cfg.EventFormat != shipper.FormatDebezium {
+		return cfg, &configError{fmt.Sprintf("DEBEZIUM_TOMBSTONES=true needs EVENT_FORMAT=debezium, and EVENT_FORMAT is %s: set EVENT_FORMAT=debezium, or unset DEBEZIUM_TOMBSTONES", cfg.EventFormat)}
+	}
+	// A tombstone is a Kafka record; a webhook or an exchange would get an
+	// empty body. A dry run shows it, as "value":null.
+	if cfg.DebeziumTombstones && cfg.Destination != destKafka && cfg.Destination != destDryRun {
+		return cfg, &configError{fmt.Sprintf("DEBEZIUM_TOMBSTONES=true is for Kafka's compacted topics, and the destination is %s: unset DEBEZIUM_TOMBSTONES", cfg.Destination)}
 	}
 	return cfg, nil
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pg2kafka/pg2kafka/shipper"
 	"github.com/pg2kafka/pg2kafka/shipper/webhook"
 )
 
@@ -120,6 +121,8 @@ func TestParseConfig(t *testing.T) {
 			"SEND_TIMEOUT":                   "1m",
 			"SHUTDOWN_TIMEOUT":               "2s",
 			"LANE_TAKEOVER_TIMEOUT":          "30s",
+			"EVENT_FORMAT":                   "Debezium",
+			"DEBEZIUM_TOMBSTONES":            "true",
 			"LOG_LEVEL":                      "debug",
 			"LOG_FORMAT":                     "json",
 		}, nil, func(c *Config) {
@@ -147,6 +150,8 @@ func TestParseConfig(t *testing.T) {
 				SendTimeout:                 time.Minute,
 				ShutdownTimeout:             2 * time.Second,
 				LaneTakeoverTimeout:         30 * time.Second,
+				EventFormat:                 shipper.FormatDebezium,
+				DebeziumTombstones:          true,
 				LogLevel:                    slog.LevelDebug,
 				destinationConfig:           defaultConfig().destinationConfig,
 				LogFormat:                   "json",
@@ -323,6 +328,12 @@ func TestParseConfigErrors(t *testing.T) {
 		{"replication factor text", map[string]string{"KAFKA_TOPIC_REPLICATION_FACTOR": "three"}, nil,
 			`KAFKA_TOPIC_REPLICATION_FACTOR="three": ` + countAllowed},
 
+		{"unknown event format", map[string]string{"EVENT_FORMAT": "avro"}, nil,
+			`EVENT_FORMAT="avro": must be one of pg2kafka, debezium, hasura, skor, pgevents`},
+		{"tombstones without debezium", map[string]string{"EVENT_FORMAT": "hasura", "DEBEZIUM_TOMBSTONES": "true"}, nil,
+			"DEBEZIUM_TOMBSTONES=true needs EVENT_FORMAT=debezium, and EVENT_FORMAT is hasura: set EVENT_FORMAT=debezium, or unset DEBEZIUM_TOMBSTONES"},
+		{"tombstones to a webhook", map[string]string{"KAFKA_PRODUCER_URL": "", "WEBHOOK_URL": "https://example.com/hooks", "EVENT_FORMAT": "debezium", "DEBEZIUM_TOMBSTONES": "true"}, nil,
+			"DEBEZIUM_TOMBSTONES=true is for Kafka's compacted topics, and the destination is webhook: unset DEBEZIUM_TOMBSTONES"},
 		{"batch size 0", map[string]string{"BATCH_SIZE": "0"}, nil,
 			`BATCH_SIZE="0": must be a whole number from 1 to 100000`},
 		{"batch size too big", map[string]string{"BATCH_SIZE": "100001"}, nil,
@@ -447,6 +458,8 @@ func TestParseConfigHelpListsEverySetting(t *testing.T) {
 		"  SEND_TIMEOUT, -send-timeout (default 30s)\n",
 		"  SHUTDOWN_TIMEOUT, -shutdown-timeout (default 5s)\n",
 		"  LANE_TAKEOVER_TIMEOUT, -lane-takeover-timeout (default 10s)\n",
+		"  EVENT_FORMAT, -event-format (default pg2kafka)\n",
+		"  DEBEZIUM_TOMBSTONES, -debezium-tombstones (default false)\n",
 		"  LOG_LEVEL, -log-level (default info)\n",
 		"  LOG_FORMAT, -log-format (default text)\n",
 		"  WEBHOOK_URL, -webhook-url\n",

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -18,14 +17,12 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/pressly/goose/v3"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.uber.org/goleak"
 
 	"github.com/pg2kafka/pg2kafka/internal/pgtest"
-	"github.com/pg2kafka/pg2kafka/migrations"
 	"github.com/pg2kafka/pg2kafka/outbox"
 )
 
@@ -400,7 +397,7 @@ func TestLogsNeverShowThePassword(t *testing.T) {
 func TestRefusesASchemaOfAnotherVersion(t *testing.T) {
 	t.Parallel()
 	const install = "run pg2kafka once with PERFORM_MIGRATIONS=true, as the owner of the database"
-	latest := latestMigration(t)
+	latest := outbox.LatestVersion()
 	for _, tt := range []struct {
 		name    string
 		prepare func(context.Context, *pgxpool.Pool) error
@@ -440,18 +437,4 @@ func TestRefusesASchemaOfAnotherVersion(t *testing.T) {
 			}
 		})
 	}
-}
-
-// latestMigration is the version of the newest embedded migration.
-func latestMigration(t *testing.T) int64 {
-	t.Helper()
-	names, err := fs.Glob(migrations.FS, "*.sql")
-	if err != nil || len(names) == 0 {
-		t.Fatalf("no embedded migrations: %v", err)
-	}
-	v, err := goose.NumericComponent(names[len(names)-1])
-	if err != nil {
-		t.Fatal(err)
-	}
-	return v
 }

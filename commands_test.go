@@ -99,10 +99,10 @@ func TestShipIsTheDefaultCommand(t *testing.T) {
 func TestUnknownCommand(t *testing.T) {
 	t.Parallel()
 	runCommand(t, nil, "shipp").require(t, 2, "",
-		"pg2kafka: unknown command \"shipp\": want one of ship, migrate, setup, backfill, teardown, requeue, version, uninstall; settings are flags or environment variables (see pg2kafka -help)\n")
+		"pg2kafka: unknown command \"shipp\": want one of ship, migrate, status, setup, backfill, teardown, requeue, version, uninstall; settings are flags or environment variables (see pg2kafka -help)\n")
 	// Someone pasting the connection string as an argument.
 	runCommand(t, nil, "postgres://app:hunter2@db/shop").require(t, 2, "",
-		"pg2kafka: unknown command (not shown: it may hold a password): want one of ship, migrate, setup, backfill, teardown, requeue, version, uninstall; settings are flags or environment variables (see pg2kafka -help)\n")
+		"pg2kafka: unknown command (not shown: it may hold a password): want one of ship, migrate, status, setup, backfill, teardown, requeue, version, uninstall; settings are flags or environment variables (see pg2kafka -help)\n")
 }
 
 func TestVersionCommand(t *testing.T) {

@@ -71,6 +71,7 @@ func commands() []command {
 	return []command{
 		{"ship", "ship queued events to Kafka (the default)", runShip},
 		{"migrate", "install or upgrade the pg2kafka schema, print its version", runMigrate},
+		{"status", "show the queue, the tables, the shippers; exit 1 if something needs attention", runStatus},
 		{"setup", "track a table: pg2kafka setup TABLE KEY_COLUMN [options]", runSetup},
 		{"backfill", "snapshot a tracked table's rows in chunks, showing progress", runBackfill},
 		{"teardown", "stop tracking a table", runTeardown},

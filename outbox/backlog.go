@@ -83,14 +83,14 @@ func TrackedTables(ctx context.Context, pool *pgxpool.Pool) ([]Table, error) {
 // pg2kafka process, connected to this database.
 type ShipperConn struct {
 	// PID is the connection's backend process id.
-	PID int32
+	PID int32 `json:"pid"`
 	// ClientAddr is where the connection comes from, "local" for a Unix
 	// socket, or "" when the role may not see it.
-	ClientAddr string
+	ClientAddr string `json:"client_addr"`
 	// Since is when the connection was opened.
-	Since time.Time
+	Since time.Time `json:"since"`
 	// Lanes are the lanes it owns, ascending.
-	Lanes []int32
+	Lanes []int32 `json:"lanes"`
 }
 
 // shippersSQL lists the claimers from their advisory locks (see

@@ -59,9 +59,12 @@ type Claimer struct {
 	conn       *pgx.Conn
 	// lastHeard is when Postgres last answered on conn.
 	lastHeard time.Time
-	lanes     []int32 // owned, ascending
-	uuids     eventUUIDs
-	scratch   scanScratch
+	// sweepsPeers is set on a server without idle_session_timeout: the
+	// claimer ends the sessions of silent peers (see silenceLockKey).
+	sweepsPeers bool
+	lanes       []int32 // owned, ascending
+	uuids       eventUUIDs
+	scratch     scanScratch
 }
 
 // NewClaimer returns a claimer for q; it connects on first use. Its lanes
@@ -127,10 +130,14 @@ func (c *Claimer) join(ctx context.Context, conn *pgx.Conn) error {
 	if err != nil {
 		return fmt.Errorf("outbox: bound the session: %w", err)
 	}
-	if !slices.Contains(set, "idle_session_timeout") {
+	c.sweepsPeers = !slices.Contains(set, "idle_session_timeout")
+	if c.sweepsPeers {
 		c.queue.noIdleSessionTimeout.Do(func() {
-			c.logger.Warn("this Postgres has no idle_session_timeout (it came in Postgres 14): the lanes of a shipper frozen between batches stay its own until it wakes; one frozen inside a claim or cut off still loses them within the lane takeover timeout")
+			c.logger.Info("this Postgres has no idle_session_timeout (it came in Postgres 14): shippers end the sessions of shippers frozen between batches themselves")
 		})
+		if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock_shared($1, $2)`, silenceLockKey, int32(c.bounds.idle.Milliseconds())); err != nil {
+			return fmt.Errorf("outbox: join the shippers: %w", err)
+		}
 	}
 	if err := c.queue.registerDestination(ctx, conn); err != nil {
 		return err
@@ -168,6 +175,9 @@ func (c *Claimer) Rebalance(ctx context.Context) (balanced bool, err error) {
 			c.heard()
 		}
 	}()
+	if err := c.endSilentPeers(ctx); err != nil {
+		return false, err
+	}
 	var members int
 	var taken []int32
 	if err := c.conn.QueryRow(ctx, lockCensusSQL, memberLockKey, laneLockKey).Scan(&members, &taken); err != nil {

@@ -2,7 +2,9 @@ package outbox
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strconv"
 	"strings"
@@ -10,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // DefaultLaneTakeoverTimeout is how long a claimer may go without a word to
@@ -27,6 +30,9 @@ type sessionBounds struct {
 	takeover  time.Duration // T: a round trip unanswered for this long is given up
 	idle      time.Duration
 	keepAlive time.Duration
+	// withoutIdleSessionTimeout treats the server as one without
+	// idle_session_timeout, as Postgres 13 is, for tests.
+	withoutIdleSessionTimeout bool
 }
 
 func newSessionBounds(takeover time.Duration) sessionBounds {
@@ -52,7 +58,9 @@ func (b sessionBounds) settings() (names, values []string) {
 	seconds := func(d time.Duration) string { return strconv.Itoa(max(1, int(d/time.Second))) }
 	ms := func(d time.Duration) string { return strconv.FormatInt(d.Milliseconds(), 10) }
 	add := func(name, value string) { names, values = append(names, name), append(values, value) }
-	add("idle_session_timeout", ms(b.idle))
+	if !b.withoutIdleSessionTimeout {
+		add("idle_session_timeout", ms(b.idle))
+	}
 	add("idle_in_transaction_session_timeout", ms(b.idle))
 	add("tcp_user_timeout", ms(b.idle))
 	add("tcp_keepalives_idle", seconds(b.idle/2))
@@ -69,6 +77,60 @@ SELECT p.name
 FROM unnest($1::text[], $2::text[]) AS p(name, setting)
 WHERE p.name IN (SELECT name FROM pg_settings)
   AND set_config(p.name, p.setting, false) IS NOT NULL`
+
+// silenceLockKey is the advisory lock class under which a claimer on a
+// server without idle_session_timeout publishes how long it may be silent,
+// in milliseconds, as the lock's second key (held shared, so that equal
+// bounds do not collide): there the claimers end each other's silent
+// sessions instead, each by its own bound, so that replicas with different
+// LANE_TAKEOVER_TIMEOUTs never cut a live one short.
+const silenceLockKey int32 = 0x70676b03
+
+// silentPeersSQL ends the sessions of the claimers of this database that
+// have been idle, between batches, for longer than they allowed themselves.
+// A claimer idle inside a claim is ended by idle_in_transaction_session_timeout.
+const silentPeersSQL = `
+SELECT a.pid, pg_terminate_backend(a.pid)
+FROM pg_locks b JOIN pg_stat_activity a ON a.pid = b.pid
+WHERE b.locktype = 'advisory' AND b.objsubid = 2 AND b.granted AND b.classid = $1::bigint::oid
+  AND b.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND a.pid <> pg_backend_pid()
+  AND a.state = 'idle'
+  AND a.state_change < clock_timestamp() - b.objid::bigint * interval '1 millisecond'`
+
+// endSilentPeers ends, on a server without idle_session_timeout, the
+// sessions of claimers frozen between batches, which free their lanes. A
+// claimer not allowed to (pg_terminate_backend needs the same role as the
+// session's, or pg_signal_backend) says so once and stops trying.
+func (c *Claimer) endSilentPeers(ctx context.Context) error {
+	if !c.sweepsPeers {
+		return nil
+	}
+	rows, err := c.conn.Query(ctx, silentPeersSQL, silenceLockKey)
+	if err != nil {
+		return fmt.Errorf("outbox: end silent shippers' sessions: %w", err)
+	}
+	type ended struct {
+		PID  int32
+		Done bool
+	}
+	all, err := pgx.CollectRows(rows, pgx.RowToStructByPos[ended])
+	if err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "42501" { // insufficient_privilege
+			c.sweepsPeers = false
+			c.logger.Warn("cannot end the sessions of frozen shippers (pg_terminate_backend needs the same role, or pg_signal_backend): on this Postgres, without idle_session_timeout, a shipper frozen between batches keeps its lanes until it wakes", slog.Any("error", err))
+			return nil
+		}
+		return fmt.Errorf("outbox: end silent shippers' sessions: %w", err)
+	}
+	for _, e := range all {
+		if e.Done {
+			c.logger.Info("ended the session of a shipper silent for longer than its lane takeover timeout allows; its lanes are free", slog.Int("pid", int(e.PID)))
+		}
+	}
+	return nil
+}
 
 // dialer is the client side of the same bounds: TCP keepalives, and
 // TCP_USER_TIMEOUT where the system has it, so that a claimer cut off from

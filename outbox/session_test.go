@@ -2,6 +2,7 @@ package outbox_test
 
 import (
 	"bytes"
+	"fmt"
 	"log/slog"
 	"slices"
 	"strings"
@@ -32,13 +33,19 @@ func (b *lockedBuffer) String() string {
 	return b.buf.String()
 }
 
-func (b *bundle) boundedClaimer(t *testing.T, logs *lockedBuffer) *outbox.Claimer {
+// boundedClaimer returns a claimer whose lanes are taken over after
+// takeover; pg13 has it treat the server as Postgres 13, which has no
+// idle_session_timeout.
+func (b *bundle) boundedClaimer(t *testing.T, logs *lockedBuffer, pg13 bool) *outbox.Claimer {
 	t.Helper()
 	logger := slog.New(slog.DiscardHandler)
 	if logs != nil {
 		logger = slog.New(slog.NewTextHandler(logs, nil))
 	}
 	c := outbox.NewQueue(b.pool).NewClaimer(logger, takeover)
+	if pg13 {
+		outbox.WithoutIdleSessionTimeout(c)
+	}
 	t.Cleanup(func() { c.Close(t.Context()) })
 	return c
 }
@@ -51,7 +58,15 @@ func TestSilentClaimerLosesItsLanes(t *testing.T) {
 	for _, tt := range []struct {
 		name  string
 		claim bool
-	}{{"between batches", false}, {"inside a claim", true}} {
+		pg13  bool
+		ended string // what Postgres says when the owner speaks again
+	}{
+		{"between batches", false, false, "idle-session timeout"},
+		{"inside a claim", true, false, "idle-in-transaction timeout"},
+		// Without idle_session_timeout the heir ends the owner's session.
+		{"between batches, Postgres 13", false, true, "administrator command"},
+		{"inside a claim, Postgres 13", true, true, "idle-in-transaction timeout"},
+	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			b := setup(t,
@@ -60,7 +75,7 @@ func TestSilentClaimerLosesItsLanes(t *testing.T) {
 				`INSERT INTO items SELECT generate_series(1, 10)`,
 			)
 			var logs lockedBuffer
-			owner, heir := b.boundedClaimer(t, &logs), b.boundedClaimer(t, nil)
+			owner, heir := b.boundedClaimer(t, &logs, tt.pg13), b.boundedClaimer(t, nil, tt.pg13)
 			rebalance(t, owner)
 			var batch *outbox.Batch
 			if tt.claim {
@@ -91,16 +106,16 @@ func TestSilentClaimerLosesItsLanes(t *testing.T) {
 			}
 
 			// The owner wakes: its claim cannot be settled, and it rejoins.
+			var err error
 			if batch != nil {
-				if err := batch.Complete(t.Context(), ids(batch.Events)); err == nil {
-					t.Fatal("completing the claim of a session Postgres ended succeeded")
-				} else if !strings.Contains(err.Error(), "idle-in-transaction timeout") {
-					t.Errorf("completing the lost claim: %v, want Postgres' idle-in-transaction timeout", err)
-				}
-			} else if _, err := owner.Claim(t.Context(), 100, nil); err == nil {
-				t.Fatal("claiming over a session Postgres ended succeeded")
-			} else if !strings.Contains(err.Error(), "idle-session timeout") {
-				t.Errorf("claiming over the lost session: %v, want Postgres' idle-session timeout", err)
+				err = batch.Complete(t.Context(), ids(batch.Events))
+			} else {
+				_, err = owner.Claim(t.Context(), 100, nil)
+			}
+			if err == nil {
+				t.Fatal("using a session Postgres ended succeeded")
+			} else if !strings.Contains(err.Error(), tt.ended) {
+				t.Errorf("using the lost session: %v, want Postgres' %s", err, tt.ended)
 			}
 			converge(t, owner, heir)
 			if !strings.Contains(logs.String(), "lost its lanes") {
@@ -111,20 +126,36 @@ func TestSilentClaimerLosesItsLanes(t *testing.T) {
 }
 
 // A claimer that keeps its session alive while it waits, with a claim open
-// and without, keeps its lanes and its claim however long it waits.
+// and without, keeps its lanes and its claim however long it waits; also
+// on Postgres 13, beside a peer ending silent sessions.
 func TestClaimerKeptAliveKeepsItsLanes(t *testing.T) {
 	t.Parallel()
+	for _, pg13 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("postgres 13: %v", pg13), func(t *testing.T) {
+			t.Parallel()
+			testClaimerKeptAliveKeepsItsLanes(t, pg13)
+		})
+	}
+}
+
+func testClaimerKeptAliveKeepsItsLanes(t *testing.T, pg13 bool) {
 	b := setup(t,
 		`CREATE TABLE items (id int PRIMARY KEY)`,
 		`SELECT pg2kafka.setup('items', 'id')`,
 		`INSERT INTO items SELECT generate_series(1, 10)`,
 	)
 	var logs lockedBuffer
-	c := b.boundedClaimer(t, &logs)
+	c := b.boundedClaimer(t, &logs, pg13)
 	rebalance(t, c)
 	lanes := c.Lanes()
+	// A peer that owns no lanes (it joins after c took them all) and
+	// rebalances all along, ending the sessions it finds silent.
+	peer := b.boundedClaimer(t, nil, pg13)
+	if err := peer.Join(t.Context()); err != nil {
+		t.Fatal(err)
+	}
 	pid := func() int {
-		return b.count(t, `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 AND classid = x'70676b00'::int::oid
+		return b.count(t, `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 AND classid = x'70676b01'::int::oid AND objid = 0
 			AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`)
 	}
 	before := pid()
@@ -132,6 +163,9 @@ func TestClaimerKeptAliveKeepsItsLanes(t *testing.T) {
 		for end := time.Now().Add(2 * takeover); time.Now().Before(end); {
 			time.Sleep(c.KeepAliveInterval())
 			if err := c.KeepAlive(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := peer.Rebalance(t.Context()); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -146,11 +180,11 @@ func TestClaimerKeptAliveKeepsItsLanes(t *testing.T) {
 		t.Fatalf("completing a claim kept alive: %v", err)
 	}
 	waitKeepingAlive() // as while backing off, or polling slowly
-	if _, err := c.Rebalance(t.Context()); err != nil {
-		t.Fatal(err)
-	}
 	if after := pid(); after != before || !slices.Equal(c.Lanes(), lanes) {
 		t.Errorf("after waiting: session %d with lanes %v, want session %d with %v", after, c.Lanes(), before, lanes)
+	}
+	if got := peer.Lanes(); len(got) > 0 {
+		t.Errorf("the peer took lanes %v from a claimer that kept its session alive", got)
 	}
 	if n := b.count(t, `SELECT count(*) FROM pg2kafka.outbound_event_queue`); n != 0 {
 		t.Errorf("%d events queued, want none", n)

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net"
 	"os"
 	"strings"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"github.com/twmb/franz-go/pkg/sasl/scram"
 	"github.com/twmb/franz-go/plugin/kslog"
 
+	"github.com/pg2kafka/pg2kafka/internal/httpserver"
 	"github.com/pg2kafka/pg2kafka/internal/stream"
 	"github.com/pg2kafka/pg2kafka/outbox"
 	"github.com/pg2kafka/pg2kafka/shipper"
@@ -53,6 +55,25 @@ func runShip(ctx context.Context, args []string, env environment) error {
 		}
 	}
 
+	// Listening first, so that an address that cannot be had stops pg2kafka
+	// before it waits for anything, and so that probes are answered while it
+	// waits for Postgres.
+	var hub *stream.Hub
+	if cfg.StreamToken != "" {
+		hub = stream.NewHub(0)
+	}
+	stats := httpserver.NewStats(hub)
+	if !cfg.httpAddrGiven && testHTTPAddr != "" {
+		cfg.HTTPAddr = testHTTPAddr
+	}
+	srv, httpAddr, err := startHTTP(ctx, cfg, stats, hub, logger)
+	if err != nil {
+		return err
+	}
+	if srv != nil {
+		defer srv.Close()
+	}
+
 	pool, err := outbox.Connect(ctx, cfg.DatabaseURL, cfg.SendTimeout+cfg.ShutdownTimeout+30*time.Second, logger)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -75,14 +96,18 @@ func runShip(ctx context.Context, args []string, env environment) error {
 		return err
 	}
 
-	sink, attrs, err := newSink(ctx, cfg, kafkaSecurity, env, logger)
+	if srv != nil {
+		srv.SetDatabase(database)
+	}
+	sink, attrs, err := newSink(ctx, cfg, kafkaSecurity, env, stats, logger)
 	if err != nil {
 		return err
 	}
 	defer sink.Close()
 
 	attrs = append([]any{slog.String("database", database), slog.String("destination", cfg.Destination)}, attrs...)
-	attrs = append(attrs, slog.Int("batch_size", cfg.BatchSize), slog.Int("workers", cfg.Workers))
+	attrs = append(attrs, slog.Int("batch_size", cfg.BatchSize), slog.Int("workers", cfg.Workers),
+		slog.String("http_addr", httpAddr), slog.Bool("stream", hub != nil))
 	logger.Info("pg2kafka shipping", attrs...)
 	queue := outbox.NewQueue(pool)
 	queue.SetDestination(destinationKinds[cfg.Destination])
@@ -99,7 +124,15 @@ func runShip(ctx context.Context, args []string, env environment) error {
 		DebeziumTombstones:  cfg.DebeziumTombstones,
 		Version:             strings.TrimPrefix(buildVersion(), "v"),
 		Logger:              logger,
+		OnSettled:           stats.Settled,
 	}, queue, sink)
+	if srv != nil {
+		parts := httpserver.Parts{Pool: pool, Shipper: s}
+		if r, ok := sink.(interface{ Reachable(context.Context) error }); ok {
+			parts.Destination = r.Reachable
+		}
+		srv.Attach(parts)
+	}
 	err = s.Run(ctx)
 	logger.Info("pg2kafka stopped")
 	return err
@@ -107,7 +140,7 @@ func runShip(ctx context.Context, args []string, env environment) error {
 
 // newSink makes the sink of the destination chosen, and the attributes
 // that describe it in the log, none of them a secret.
-func newSink(ctx context.Context, cfg Config, kafkaSecurity []kgo.Opt, env environment, logger *slog.Logger) (shipper.Sink, []any, error) {
+func newSink(ctx context.Context, cfg Config, kafkaSecurity []kgo.Opt, env environment, stats *httpserver.Stats, logger *slog.Logger) (shipper.Sink, []any, error) {
 	switch cfg.Destination {
 	case destDryRun:
 		return shipper.NewWriterSink(env.stdout), nil, nil
@@ -144,6 +177,7 @@ func newSink(ctx context.Context, cfg Config, kafkaSecurity []kgo.Opt, env envir
 		kgo.ProducerLinger(cfg.KafkaLinger),
 		// franz-go narrates routine events at info level; keep its warnings.
 		kgo.WithLogger(kslog.New(newLogger(cfg, env.stderr, max(cfg.LogLevel, slog.LevelWarn)).With(slog.String("component", "kafka")))),
+		kgo.WithHooks(stats.KafkaHooks()),
 	}, kafkaSecurity...)
 	kafka, err := shipper.NewKafkaSink(shipper.KafkaConfig{
 		CreateTopics:           cfg.KafkaCreateTopics,
@@ -158,6 +192,46 @@ func newSink(ctx context.Context, cfg Config, kafkaSecurity []kgo.Opt, env envir
 		attrs = append(attrs, slog.String("kafka_sasl_mechanism", cfg.KafkaSASLMechanism), slog.String("kafka_sasl_username", cfg.KafkaSASLUsername))
 	}
 	return kafka, attrs, nil
+}
+
+// startHTTP listens on HTTP_ADDR and serves there until the returned
+// server is closed, and returns the address it listens on ("off" without
+// it). It returns no server when HTTP_ADDR=off, or when the default
+// address is taken (another pg2kafka on the host, most likely), which is
+// worth a warning only. An address given that cannot be had is a
+// configuration error.
+func startHTTP(ctx context.Context, cfg Config, stats *httpserver.Stats, hub *stream.Hub, logger *slog.Logger) (*httpserver.Server, string, error) {
+	if cfg.HTTPAddr == "off" {
+		return nil, "off", nil
+	}
+	ln, err := httpserver.Listen(cfg.HTTPAddr)
+	if err != nil {
+		if cfg.httpAddrGiven || cfg.Destination == destStream {
+			return nil, "", &configError{fmt.Sprintf("HTTP_ADDR=%q: cannot listen there: %v; choose a free address, or HTTP_ADDR=off", cfg.HTTPAddr, unwrapOpError(err))}
+		}
+		logger.Warn("running without the HTTP listener (metrics, health probes, status page): its default address is taken, by another pg2kafka on this host perhaps; set HTTP_ADDR to a free address",
+			slog.String("http_addr", cfg.HTTPAddr), slog.Any("error", unwrapOpError(err)))
+		return nil, "off", nil
+	}
+	srv := httpserver.New(httpserver.Config{Stats: stats, Hub: hub, StreamToken: cfg.StreamToken, Logger: logger.With(slog.String("component", "http"))})
+	go func() {
+		if err := srv.Serve(ctx, ln); err != nil {
+			logger.Error("the HTTP listener stopped", slog.Any("error", err))
+		}
+	}()
+	return srv, ln.Addr().String(), nil
+}
+
+// testHTTPAddr, when tests set it, replaces HTTP_ADDR's default, so that
+// the pg2kafkas they run never contend for a fixed port.
+var testHTTPAddr string
+
+// unwrapOpError drops the "listen tcp :8080:" prefix the error repeats.
+func unwrapOpError(err error) error {
+	if op, ok := errors.AsType[*net.OpError](err); ok && op.Err != nil {
+		return op.Err
+	}
+	return err
 }
 
 // kafkaSecurityOpts returns the franz-go options for the TLS and SASL

@@ -65,6 +65,17 @@ type Config struct {
 	DebeziumTombstones bool
 	LogLevel           slog.Level
 	LogFormat          string
+	// HTTPAddr is where /metrics, /healthz, /readyz, the status page and
+	// the live stream are served: host:port, or "off". Default ":8080".
+	HTTPAddr string
+	// StreamToken is what live stream viewers present; empty keeps the
+	// stream off. Default: off.
+	StreamToken string
+
+	// httpAddrGiven records that HTTP_ADDR was set rather than defaulted: an
+	// address asked for that cannot be had stops pg2kafka, the default
+	// taken only warns.
+	httpAddrGiven bool
 
 	// brokersTLS records that KAFKA_PRODUCER_URL's scheme asks for TLS, until
 	// parseConfig folds it into KafkaTLS.
@@ -224,6 +235,12 @@ func coreSettings() []setting {
 		{env: []string{"DEBEZIUM_TOMBSTONES"}, boolean: true, flag: "debezium-tombstones", def: "false",
 			help:  "With EVENT_FORMAT=debezium, follow each DELETE that has a key with a record of the same key and a null value, as Debezium does, for compacted topics.",
 			parse: boolInto(func(c *Config) *bool { return &c.DebeziumTombstones })},
+		{env: []string{"HTTP_ADDR"}, flag: "http-addr", def: ":8080",
+			help:  "Where /metrics, /healthz, /readyz, the status page (/) and the live stream (/ws, /stream) are served: host:port, :port for every interface, or off.",
+			parse: parseHTTPAddr},
+		{env: []string{"STREAM_TOKEN"}, flag: "stream-token", secret: true,
+			help:  "Turns the live stream on: viewers of /ws and /stream present it as \"Authorization: Bearer <token>\" or ?token=<token>. The stream shows row data. Default: none, the stream is off.",
+			parse: func(c *Config, v string) error { c.StreamToken = v; return nil }},
 		{env: []string{"LOG_LEVEL"}, flag: "log-level", def: "info", scope: everyCommand,
 			help: "debug, info, warn or error.",
 			parse: func(c *Config, v string) error {
@@ -421,6 +438,9 @@ func (cl *commandLine) parse(args []string, getenv func(string) string, usage io
 				return cfg, err
 			}
 		}
+		if err := checkStream(cfg); err != nil {
+			return cfg, err
+		}
 	}
 	if cfg.DebeziumTombstones && cfg.EventFormat != shipper.FormatDebezium {
 		return cfg, &configError{fmt.Sprintf("DEBEZIUM_TOMBSTONES=true needs EVENT_FORMAT=debezium, and EVENT_FORMAT is %s: set EVENT_FORMAT=debezium, or unset DEBEZIUM_TOMBSTONES", cfg.EventFormat)}
@@ -430,7 +450,37 @@ func (cl *commandLine) parse(args []string, getenv func(string) string, usage io
 	if cfg.DebeziumTombstones && cfg.Destination != destKafka && cfg.Destination != destDryRun {
 		return cfg, &configError{fmt.Sprintf("DEBEZIUM_TOMBSTONES=true is for Kafka's compacted topics, and the destination is %s: unset DEBEZIUM_TOMBSTONES", cfg.Destination)}
 	}
+	cfg.httpAddrGiven = given["http-addr"]
 	return cfg, nil
+}
+
+// parseHTTPAddr accepts off or host:port, the host optional.
+func parseHTTPAddr(c *Config, v string) error {
+	if v == "off" {
+		c.HTTPAddr = v
+		return nil
+	}
+	_, port, err := net.SplitHostPort(v)
+	if n, perr := strconv.Atoi(port); err != nil || perr != nil || n < 0 || n > 65535 {
+		return errors.New("must be host:port, :port (every interface) or off, such as :8080 or 127.0.0.1:9090")
+	}
+	c.HTTPAddr = v
+	return nil
+}
+
+// checkStream checks that a pg2kafka whose destination is the live stream
+// has a stream to show.
+func checkStream(cfg Config) error {
+	if cfg.Destination != destStream {
+		return nil
+	}
+	switch {
+	case cfg.StreamToken == "":
+		return &configError{"STREAM_ONLY=true needs STREAM_TOKEN: without it the stream is off and events would be taken off the queue unseen"}
+	case cfg.HTTPAddr == "off":
+		return &configError{"STREAM_ONLY=true needs the HTTP listener, where the stream is served: set HTTP_ADDR to an address, not off"}
+	}
+	return nil
 }
 
 // saslMechanisms are the values KAFKA_SASL_MECHANISM allows.

@@ -49,7 +49,11 @@ func TestChooseDestination(t *testing.T) {
 			return env
 		}(), destRabbitMQ},
 		{"dry run", switched("KAFKA_PRODUCER_URL", "DRY_RUN", "true"), destDryRun},
-		{"stream only", switched("KAFKA_PRODUCER_URL", "STREAM_ONLY", "true"), destStream},
+		{"stream only", func() map[string]string {
+			env := switched("KAFKA_PRODUCER_URL", "STREAM_ONLY", "true")
+			env["STREAM_TOKEN"] = "t0ken"
+			return env
+		}(), destStream},
 	}
 	for _, c := range cases {
 		cfg, err := parseConfig(nil, configEnv(c.env), io.Discard)

@@ -31,6 +31,7 @@ import (
 const runAsMain = "PG2KAFKA_TEST_RUN_AS_MAIN"
 
 func TestMain(m *testing.M) {
+	testHTTPAddr = "127.0.0.1:0"
 	if os.Getenv(runAsMain) == "1" {
 		main()
 		return

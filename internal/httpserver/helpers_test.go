@@ -94,9 +94,10 @@ func setup(t *testing.T, sql ...string) *bundle {
 	}, outbox.NewQueue(b.pool), b.sink)
 
 	b.server = httpserver.New(httpserver.Config{
-		Stats: b.stats, Hub: b.hub, StreamToken: streamToken, Database: b.database,
+		Stats: b.stats, Hub: b.hub, StreamToken: streamToken,
 		BacklogInterval: time.Millisecond, Logger: logger,
 	})
+	b.server.SetDatabase(b.database)
 	ln, err := httpserver.Listen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -32,8 +32,6 @@ type Config struct {
 	// StreamToken is what stream viewers present; empty turns the stream
 	// off. Default: off.
 	StreamToken string
-	// Database is the database's name, shown on the status page.
-	Database string
 	// BacklogInterval is how old the queue's counts may be before a scrape
 	// or the status page counts again: counting reads the whole queue.
 	// Default 5s.
@@ -59,6 +57,7 @@ type Parts struct {
 // Server serves pg2kafka's HTTP endpoints.
 type Server struct {
 	cfg      Config
+	database atomic.Pointer[string]
 	parts    atomic.Pointer[Parts]
 	stopping atomic.Bool
 	mux      *http.ServeMux
@@ -101,6 +100,9 @@ func New(cfg Config) *Server {
 	s.http = &http.Server{Handler: s.mux, ReadHeaderTimeout: 5 * time.Second, ErrorLog: slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug)}
 	return s
 }
+
+// SetDatabase names the database on the status page.
+func (s *Server) SetDatabase(name string) { s.database.Store(&name) }
 
 // Attach tells the server what to report on.
 func (s *Server) Attach(p Parts) { s.parts.Store(&p) }

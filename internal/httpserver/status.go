@@ -55,11 +55,14 @@ func (s *Server) statusJSON(w http.ResponseWriter, r *http.Request) {
 	b := s.currentBacklog(r.Context())
 	rd := s.readiness(r.Context())
 	st := status{
-		Database: s.cfg.Database, GeneratedAt: now, CountedAt: b.at,
+		GeneratedAt: now, CountedAt: b.at,
 		Ready: rd.ready, Checks: rd.checks,
 		Tables: []tableStatus{}, Shippers: []shipperStatus{},
 		Stream:            streamStatus{Enabled: s.cfg.Hub != nil && s.cfg.StreamToken != ""},
 		RateBucketSeconds: rateBucket.Seconds(),
+	}
+	if name := s.database.Load(); name != nil {
+		st.Database = *name
 	}
 	if b.err != nil {
 		st.Error = b.err.Error()

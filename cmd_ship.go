@@ -138,10 +138,6 @@ func runShip(ctx context.Context, args []string, env environment) error {
 	return err
 }
 
-// streamServed says whether ship serves the live stream, without which
-// STREAM_ONLY=true would take events off the queue for no one.
-var streamServed = false
-
 // newSink makes the sink of the destination chosen, and the attributes
 // that describe it in the log, none of them a secret.
 func newSink(ctx context.Context, cfg Config, kafkaSecurity []kgo.Opt, env environment, stats *httpserver.Stats, logger *slog.Logger) (shipper.Sink, []any, error) {
@@ -149,11 +145,6 @@ func newSink(ctx context.Context, cfg Config, kafkaSecurity []kgo.Opt, env envir
 	case destDryRun:
 		return shipper.NewWriterSink(env.stdout), nil, nil
 	case destStream:
-		// Until the HTTP listener serves the stream, nobody could watch it,
-		// and every event would be taken off the queue unseen.
-		if !streamServed {
-			return nil, nil, &configError{"STREAM_ONLY=true makes the live stream the destination, but this pg2kafka does not serve the stream yet: choose another destination; no event was taken off the queue"}
-		}
 		return stream.Sink{}, nil, nil
 	case destWebhook:
 		sink, err := webhook.New(cfg.Webhook)

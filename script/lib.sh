@@ -118,3 +118,14 @@ ensure_rabbitmq() {
 	wait_for 60 rabbitmq_up ||
 		die "RabbitMQ did not accept connections on 127.0.0.1:5672 within 60s"
 }
+
+# ensure_chromium installs Debian's chromium, in which the status page and
+# the live stream page are tested (their tests skip without it).
+ensure_chromium() {
+	if [[ -x /usr/bin/chromium ]]; then
+		return
+	fi
+	echo "Chromium is not installed; installing it with apt-get"
+	as_root apt-get update -q
+	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+}

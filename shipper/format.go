@@ -87,6 +87,11 @@ type formatter struct {
 	// keyColumn returns the JSON-quoted name of a table's key column, or
 	// nil when it is not known; for pgevents' id.
 	keyColumn func(outbox.Table) []byte
+	// lastTable and lastKey remember keyColumn's last answer: a batch's
+	// events mostly come from few tables.
+	lastTable outbox.Table
+	lastKey   []byte
+	lastKnown bool
 }
 
 // appendValue appends e's value in f's format; topic is the record's
@@ -219,7 +224,8 @@ func (f *formatter) appendPgevents(dst []byte, e *outbox.Event) []byte {
 	dst = append(dst, '.')
 	dst = appendJSONStringBody(dst, e.TableName)
 	dst = append(dst, `","old":`...)
-	var row []byte // where the key column's value is looked up
+	var row []byte    // where the key column's value is looked up
+	var newRow []byte // the compacted "new" of an insert, which is its diff too
 	var action byte
 	switch e.Statement {
 	case "UPDATE":
@@ -236,7 +242,9 @@ func (f *formatter) appendPgevents(dst []byte, e *outbox.Event) []byte {
 	default: // INSERT, SNAPSHOT
 		action = 'I'
 		dst = append(dst, `{},"new":`...)
+		newStart := len(dst)
 		dst = appendCompactJSONB(dst, e.Data)
+		newRow = dst[newStart:len(dst):len(dst)]
 		row = e.Data
 	}
 	dst = append(dst, `,"id":`...)
@@ -248,7 +256,7 @@ func (f *formatter) appendPgevents(dst []byte, e *outbox.Event) []byte {
 	case 'D':
 		dst = append(dst, "{}"...)
 	default:
-		dst = appendCompactJSONB(dst, e.Data)
+		dst = append(dst, newRow...)
 	}
 	dst = append(dst, `,"action":"`...)
 	dst = append(dst, action)
@@ -261,7 +269,10 @@ func (f *formatter) appendPgevents(dst []byte, e *outbox.Event) []byte {
 // a string.
 func (f *formatter) appendPgeventsID(dst []byte, e *outbox.Event, row []byte) []byte {
 	if f.keyColumn != nil {
-		if key := f.keyColumn(e.Table()); key != nil {
+		if t := e.Table(); !f.lastKnown || t != f.lastTable {
+			f.lastTable, f.lastKey, f.lastKnown = t, f.keyColumn(t), true
+		}
+		if key := f.lastKey; key != nil {
 			if v := memberValue(row, key); v != nil {
 				return appendCompactJSONB(dst, v)
 			}

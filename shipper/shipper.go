@@ -440,6 +440,8 @@ func (w *worker) encode(events []outbox.Event) (msgs []Message, ids []int64, fir
 		}
 		start := len(arena)
 		var value, eventID []byte
+		// An emitted event (statement EVENT) takes the default path in
+		// every format: its value is its payload, untouched.
 		if w.cfg.Format == FormatPg2kafka || e.Statement == statementEvent {
 			arena = appendEvent(arena, e)
 			value = arena[start:len(arena):len(arena)]

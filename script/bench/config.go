@@ -24,7 +24,7 @@ const (
 	sectionRabbitMQ = "rabbitmq"
 )
 
-var allSections = []string{sectionRaw, sectionDrain, sectionLatency, sectionWrite, sectionScaling, sectionWebhook, sectionRabbitMQ}
+var allSections = []string{sectionRaw, sectionDrain, sectionLatency, sectionWrite, sectionScaling, sectionWebhook, sectionRabbitMQ, sectionFormats}
 
 // config is the suite's settings, read once from the flags.
 type config struct {

@@ -143,6 +143,7 @@ func (b *bench) runSections(ctx context.Context) error {
 		sectionScaling:  b.runScaling,
 		sectionWebhook:  b.runWebhook,
 		sectionRabbitMQ: b.runRabbitMQ,
+		sectionFormats:  b.runFormats,
 	}
 	for _, name := range b.cfg.Sections {
 		b.log.Info("section", "name", name)

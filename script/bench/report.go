@@ -25,19 +25,20 @@ const (
 
 // report is everything measured, written as JSON and summed up as a table.
 type report struct {
-	Command   string         `json:"command"`
-	Started   time.Time      `json:"started"`
-	Machine   machine        `json:"machine"`
-	Config    *config        `json:"config"`
-	Raw       []rawResult    `json:"raw_drain,omitempty"`
-	Drain     *drainSection  `json:"drain,omitempty"`
-	Latency   *latencyResult `json:"latency,omitempty"`
-	WritePath *writeResult   `json:"write_path,omitempty"`
-	Scaling   []drainResult  `json:"scaling,omitempty"`
-	Webhook   *webhookResult `json:"webhook,omitempty"`
-	RabbitMQ  *rabbitResult  `json:"rabbitmq,omitempty"`
-	Table     []row          `json:"table"`
-	Error     string         `json:"error,omitempty"`
+	Command   string          `json:"command"`
+	Started   time.Time       `json:"started"`
+	Machine   machine         `json:"machine"`
+	Config    *config         `json:"config"`
+	Raw       []rawResult     `json:"raw_drain,omitempty"`
+	Drain     *drainSection   `json:"drain,omitempty"`
+	Latency   *latencyResult  `json:"latency,omitempty"`
+	WritePath *writeResult    `json:"write_path,omitempty"`
+	Scaling   []drainResult   `json:"scaling,omitempty"`
+	Webhook   *webhookResult  `json:"webhook,omitempty"`
+	RabbitMQ  *rabbitResult   `json:"rabbitmq,omitempty"`
+	Formats   *formatsSection `json:"formats,omitempty"`
+	Table     []row           `json:"table"`
+	Error     string          `json:"error,omitempty"`
 }
 
 type machine struct {
@@ -167,7 +168,18 @@ func (r *report) rows() []row {
 			check("write path (c)/(a)", fmt.Sprintf("%.2f", w.CvsA), fmt.Sprintf("≥ %.2f", targetCvsA), w.CvsA >= targetCvsA),
 			check("write path (c)/(b)", fmt.Sprintf("%.2f", w.CvsB), fmt.Sprintf("≥ %.2f", targetCvsB), w.CvsB >= targetCvsB),
 			row{Measure: "write path (d)/(b): the queue's columns alone", Value: fmt.Sprintf("%.2f", w.DvsB)},
+			row{Measure: "write path (e)/(c): INSERT with full_row", Value: fmt.Sprintf("%.2f", w.EvsC)},
 		)
+		for _, v := range updateVariants {
+			rows = append(rows, row{
+				Measure: fmt.Sprintf("UPDATE TPS (%s) %s, %d clients", v.key, v.label, w.Clients),
+				Value:   perSec(w.UpdateTPS[v.key], "tx") + fmt.Sprintf(" (median of %d)", len(w.UpdateRuns[v.key])),
+			})
+		}
+		rows = append(rows, row{Measure: "write path (e)/(c): UPDATE with full_row", Value: fmt.Sprintf("%.2f", w.UpdateEvsC)})
+	}
+	if r.Formats != nil {
+		rows = append(rows, r.Formats.rows()...)
 	}
 	for _, s := range r.Scaling {
 		rows = append(rows, row{

@@ -18,7 +18,8 @@ import (
 // tracked by pg2kafka. bench_w_a, _b and _c are the write-path tables: the
 // same columns, with no trigger, a minimal outbox trigger, and pg2kafka's;
 // bench_w_d has the minimal trigger writing into a copy of pg2kafka's queue,
-// which tells the cost of the queue's columns from that of the trigger.
+// which tells the cost of the queue's columns from that of the trigger;
+// bench_w_e has pg2kafka's trigger with full_row.
 const schemaSQL = `
 CREATE TABLE bench_events (
     id       bigint PRIMARY KEY,
@@ -37,6 +38,7 @@ CREATE TABLE bench_w_a (
 CREATE TABLE bench_w_b (LIKE bench_w_a INCLUDING ALL);
 CREATE TABLE bench_w_c (LIKE bench_w_a INCLUDING ALL);
 CREATE TABLE bench_w_d (LIKE bench_w_a INCLUDING ALL);
+CREATE TABLE bench_w_e (LIKE bench_w_a INCLUDING ALL);
 
 CREATE TABLE bench_min_outbox (
     id   bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -65,6 +67,7 @@ CREATE TRIGGER bench_shaped_outbox_enqueue AFTER INSERT ON bench_w_d
 SELECT pg2kafka.setup('bench_events', 'id');
 SELECT pg2kafka.setup('bench_latency', 'id');
 SELECT pg2kafka.setup('bench_w_c', 'id');
+SELECT pg2kafka.setup('bench_w_e', 'id', full_row => true);
 `
 
 // The tables whose events reach Kafka; their topics are

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"net/url"
 	"regexp"
 	"strings"
 	"testing"
@@ -131,4 +132,22 @@ func TestMigrateCommand(t *testing.T) {
 		t.Errorf("after migrate: %v", err)
 	}
 	runCommand(t, env, "migrate", "now").require(t, 2, "", "pg2kafka: unexpected argument \"now\": settings are flags or environment variables (see pg2kafka migrate -help)\n")
+}
+
+// A role Postgres refuses is told once, although pgx tries twice (with TLS
+// and without).
+func TestRefusedRoleIsToldOnce(t *testing.T) {
+	t.Parallel()
+	_, connString := pgtest.NewPool(t)
+	u, err := url.Parse(connString)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.UserPassword("no_such_role", "hunter2")
+	u.RawQuery = "" // sslmode=prefer, pgx's default: two attempts
+	where := fmt.Sprintf("%s:%s%s", u.Hostname(), u.Port(), u.Path)
+	for _, command := range []string{"status", "migrate"} {
+		runCommand(t, map[string]string{"DATABASE_URL": u.String()}, command).require(t, 1, "",
+			"pg2kafka: outbox: connect to "+where+" as no_such_role: FATAL: role \"no_such_role\" does not exist (SQLSTATE 28000)\n")
+	}
 }

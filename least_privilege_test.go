@@ -89,8 +89,8 @@ func TestLeastPrivilegedShipper(t *testing.T) {
 	if code := exitCode(err, &errOut); code != 1 {
 		t.Errorf("exit code with PERFORM_MIGRATIONS=true = %d, want 1", code)
 	}
-	const wantErr = "pg2kafka: outbox: migrate: this role may not install pg2kafka: migrate as the owner of the database, " +
-		"and run a shipper of least privilege (pg2kafka_shipper) without PERFORM_MIGRATIONS: ERROR: permission denied for database "
+	const wantErr = "pg2kafka: outbox: migrate: this role may not install pg2kafka: run pg2kafka migrate as the owner of the database, " +
+		"and a shipper of least privilege (pg2kafka_shipper) without PERFORM_MIGRATIONS: ERROR: permission denied for database "
 	if got := errOut.String(); !strings.HasPrefix(got, wantErr) {
 		t.Errorf("stderr = %q, want it to start %q", got, wantErr)
 	}

@@ -397,7 +397,7 @@ func TestLogsNeverShowThePassword(t *testing.T) {
 // own version: a shipper and a schema out of step would ship events wrongly.
 func TestRefusesASchemaOfAnotherVersion(t *testing.T) {
 	t.Parallel()
-	const install = "run pg2kafka once with PERFORM_MIGRATIONS=true, as the owner of the database"
+	const install = "run pg2kafka migrate (or start with PERFORM_MIGRATIONS=true) as the owner of the database"
 	latest := outbox.LatestVersion()
 	for _, tt := range []struct {
 		name    string

@@ -87,6 +87,12 @@ func TestSetupCommand(t *testing.T) {
 		t.Errorf("tracked_tables after setup -full-row: full_row %s, want %s", got, want)
 	}
 
+	// A change that fails says so, and nothing else: no notice that the
+	// options changed.
+	runCommand(t, env, "setup", "products", "sku", "-filter", "NEW.name <> 'x'").
+		require(t, 1, "", "pg2kafka: pg2kafka.setup: filter does not compile: DELETE trigger's WHEN condition cannot reference NEW values (SQLSTATE 42P17); "+
+			"hint: On INSERT there is no OLD row and on DELETE no NEW row: a filter on NEW needs operations => '{INSERT,UPDATE}', one on OLD operations => '{UPDATE,DELETE}'.\n")
+
 	mustExec(t, pool, `CREATE TABLE "Order Items" (id int PRIMARY KEY)`, `INSERT INTO "Order Items" VALUES (1)`)
 	runCommand(t, env, "setup", `"Order Items"`, "id", "-snapshot=false").
 		require(t, 0, "public.Order Items is tracked, keyed by id; 0 SNAPSHOT events queued\n", "")

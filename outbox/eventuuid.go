@@ -29,7 +29,7 @@ func (u *eventUUIDs) load(ctx context.Context, conn *pgx.Conn) error {
 	err := conn.QueryRow(ctx, `SELECT id FROM pg2kafka.installation`).Scan(&u.installation)
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "42P01" { // undefined_table
-		return fmt.Errorf("outbox: pg2kafka is not installed in this database, or its schema is older than this shipper: run pg2kafka once with PERFORM_MIGRATIONS=true as the owner of the database: %w", err)
+		return fmt.Errorf("outbox: pg2kafka is not installed in this database, or its schema is older than this shipper: run pg2kafka migrate (or start with PERFORM_MIGRATIONS=true) as the owner of the database: %w", err)
 	}
 	if err != nil {
 		return fmt.Errorf("outbox: read the installation id: %w", err)

@@ -63,7 +63,7 @@ func withProvider(ctx context.Context, pool *pgxpool.Pool, fn func(*goose.Provid
 	})
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "42501" { // insufficient_privilege
-		return fmt.Errorf("outbox: migrate: this role may not install pg2kafka: migrate as the owner of the database, and run a shipper of least privilege (pg2kafka_shipper) without PERFORM_MIGRATIONS: %w", err)
+		return fmt.Errorf("outbox: migrate: this role may not install pg2kafka: run pg2kafka migrate as the owner of the database, and a shipper of least privilege (pg2kafka_shipper) without PERFORM_MIGRATIONS: %w", err)
 	}
 	if err != nil {
 		return fmt.Errorf("outbox: migrate: create schema pg2kafka: %w", err)
@@ -103,7 +103,7 @@ func CheckSchema(ctx context.Context, pool *pgxpool.Pool) error {
 	if err != nil {
 		return err
 	}
-	const install = "run pg2kafka once with PERFORM_MIGRATIONS=true, as the owner of the database"
+	const install = "run pg2kafka migrate (or start with PERFORM_MIGRATIONS=true) as the owner of the database"
 	var installed bool
 	if err := pool.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, VersionTable).Scan(&installed); err != nil {
 		return fmt.Errorf("outbox: check the pg2kafka schema: %w", err)

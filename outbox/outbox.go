@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -92,7 +93,14 @@ func connect(ctx context.Context, connString string, idleInTxTimeout time.Durati
 		}
 		if ctx.Err() != nil || isPermanent(err) || !wait {
 			pool.Close()
-			return nil, fmt.Errorf("outbox: connect to %s: %w", where, err)
+			// pgx reports every attempt, and with sslmode=prefer (the
+			// default) it tries twice, with TLS and without: Postgres'
+			// refusal once is enough.
+			var pgErr *pgconn.PgError
+			if errors.As(err, &pgErr) {
+				return nil, fmt.Errorf("outbox: connect to %s as %s: %w", where, cfg.ConnConfig.User, pgErr)
+			}
+			return nil, &connectError{"outbox: connect to " + where + ": " + onceEach(err.Error()), err}
 		}
 		logger.Warn("waiting for Postgres", slog.String("database", where), slog.Any("error", err), slog.Duration("retry_in", delay))
 		select {
@@ -101,6 +109,31 @@ func connect(ctx context.Context, connString string, idleInTxTimeout time.Durati
 		}
 		delay = min(2*delay, 5*time.Second)
 	}
+}
+
+// connectError is a failure to connect, each of pgx's attempts that failed
+// alike told once.
+type connectError struct {
+	msg string
+	err error
+}
+
+func (e *connectError) Error() string { return e.msg }
+func (e *connectError) Unwrap() error { return e.err }
+
+// onceEach drops the repeated lines of pgx's report of its attempts, and
+// makes one line of a report left with one attempt.
+func onceEach(report string) string {
+	var lines []string
+	for _, line := range strings.Split(report, "\n") {
+		if !slices.Contains(lines, line) {
+			lines = append(lines, line)
+		}
+	}
+	if len(lines) == 2 {
+		return lines[0] + " " + strings.TrimSpace(lines[1])
+	}
+	return strings.Join(lines, "\n")
 }
 
 // logNotice returns a handler that logs what Postgres tells a session

@@ -43,20 +43,21 @@ func TestStatusEstimatesALongQueue(t *testing.T) {
 	}
 }
 
-// The shipper's role sees the queue, the tables' names and the shippers,
-// not the tables' options.
+// The shipper's role sees the queue, the tables and the shippers, not the
+// backfills.
 func TestStatusAsTheShipperRole(t *testing.T) {
 	t.Parallel()
 	b := setup(t,
 		`CREATE TABLE orders (id int PRIMARY KEY)`,
 		`INSERT INTO orders VALUES (1), (2)`,
 		`SELECT pg2kafka.setup('orders', 'id')`,
+		`SELECT pg2kafka.backfill_chunk('orders', 1)`,
 	)
 	s, err := outbox.ReadStatus(b.ctx, b.shipperPool(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(s.Tables) != 1 || !s.Tables[0].Tracked || s.Tables[0].Options != nil || s.Tables[0].Queued != 2 || s.Queue.Events != 2 || s.SchemaVersion != outbox.LatestVersion() {
+	if len(s.Tables) != 1 || !s.Tables[0].Tracked || s.Tables[0].Backfill != nil || s.Tables[0].Queued != 3 || s.Queue.Events != 3 || s.SchemaVersion != outbox.LatestVersion() {
 		t.Errorf("status as pg2kafka_shipper: %+v", s)
 	}
 }

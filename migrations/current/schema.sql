@@ -598,7 +598,6 @@ BEGIN
             include_old = with_old, filter = filter, topic = topic, full_row = whole
         WHERE t.relation = table_name
         RETURNING * INTO tracked;
-        RAISE NOTICE 'pg2kafka.setup: % is already tracked; its options are changed', table_name;
     END IF;
 
     -- One trigger whatever the options, replaced in place when they change.
@@ -649,6 +648,11 @@ BEGIN
 
     IF coalesce(snapshot, first_time) THEN
         PERFORM pg2kafka.enqueue_snapshot(tracked);
+    END IF;
+    -- Only now: a notice reaches the client at once, even from a statement
+    -- that then fails, and must not claim what was rolled back.
+    IF NOT first_time THEN
+        RAISE NOTICE 'pg2kafka.setup: % is already tracked; its options are changed', table_name;
     END IF;
 END
 $function$;
@@ -731,4 +735,4 @@ GRANT EXECUTE ON FUNCTION pg2kafka.event_uuid(bigint,timestamp with time zone) T
 
 -- MIGRATIONS APPLIED
 
--- goose version 8
+-- goose version 9

@@ -24,8 +24,11 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
-// takeoverTimeout is the replicas' LANE_TAKEOVER_TIMEOUT in these tests.
-const takeoverTimeout = 2 * time.Second
+// takeoverTimeout is the replicas' LANE_TAKEOVER_TIMEOUT in these tests:
+// short, for fast tests, but not so short that a replica starved of CPU
+// on a loaded machine (the race detector, tests in parallel) goes silent
+// for its half of it.
+const takeoverTimeout = 3 * time.Second
 
 // Each replica runs BATCH_SIZE=20 with two workers: a frozen replica's batch
 // in flight is at most this many events.
@@ -564,14 +567,14 @@ func TestWaitingReplicasKeepTheirLanes(t *testing.T) {
 			}
 		}
 	}
-	unchanged("idle with an empty queue", 2*takeoverTimeout)
+	unchanged("idle with an empty queue", takeoverTimeout+time.Second)
 
 	let := w.hold()
 	defer let()
 	w.write()
 	w.waitIdleInTransaction(a)
 	w.waitIdleInTransaction(b)
-	unchanged("waiting for the destination", 2*takeoverTimeout)
+	unchanged("waiting for the destination", takeoverTimeout)
 	let()
 	w.waitDrained()
 
@@ -579,7 +582,7 @@ func TestWaitingReplicasKeepTheirLanes(t *testing.T) {
 	// for longer and longer (up to 30s), while their sessions live on.
 	mustExec(t, w.pool, `ALTER TABLE pg2kafka.outbound_event_queue RENAME TO outbound_event_queue_away`)
 	w.waitLogged(a, "shipping stopped by a database error")
-	unchanged("backing off after database errors", 3*takeoverTimeout)
+	unchanged("backing off after database errors", 2*takeoverTimeout)
 	mustExec(t, w.pool, `ALTER TABLE pg2kafka.outbound_event_queue_away RENAME TO outbound_event_queue`)
 	w.write()
 	w.waitDrained()

@@ -180,12 +180,13 @@ func (c *Claimer) roundTrip(ctx context.Context) (context.Context, context.Cance
 func (c *Claimer) KeepAliveInterval() time.Duration { return c.bounds.keepAlive }
 
 // KeepAlive tells Postgres the claimer is alive, if it has said nothing for
-// KeepAliveInterval, so that waiting (to poll again, to retry, for the
+// half of KeepAliveInterval (so that calls every KeepAliveInterval, however
+// they fall, leave no silence much longer than that), so that waiting (to poll again, to retry, for the
 // destination to answer while a claim is open) never costs it its lanes. It
 // may be called while a Batch is open, between the batch's own calls. An
 // error means the session is gone; the next Claim or Rebalance reconnects.
 func (c *Claimer) KeepAlive(ctx context.Context) error {
-	if c.conn == nil || c.conn.IsClosed() || time.Since(c.lastHeard) < c.bounds.keepAlive {
+	if c.conn == nil || c.conn.IsClosed() || time.Since(c.lastHeard) < c.bounds.keepAlive/2 {
 		return nil
 	}
 	ctx, cancel := c.roundTrip(ctx)

@@ -14,7 +14,7 @@ import (
 )
 
 // takeover is the lane takeover timeout of these tests' claimers.
-const takeover = time.Second
+const takeover = 2 * time.Second
 
 type lockedBuffer struct {
 	mu  sync.Mutex

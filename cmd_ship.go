@@ -2,26 +2,21 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"net"
-	"os"
 	"strings"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
-	"github.com/twmb/franz-go/pkg/sasl/plain"
-	"github.com/twmb/franz-go/pkg/sasl/scram"
 	"github.com/twmb/franz-go/plugin/kslog"
 
 	"github.com/pg2kafka/pg2kafka/internal/httpserver"
 	"github.com/pg2kafka/pg2kafka/internal/stream"
 	"github.com/pg2kafka/pg2kafka/outbox"
 	"github.com/pg2kafka/pg2kafka/shipper"
+	"github.com/pg2kafka/pg2kafka/shipper/kafka"
 	"github.com/pg2kafka/pg2kafka/shipper/rabbitmq"
 	"github.com/pg2kafka/pg2kafka/shipper/webhook"
 )
@@ -43,14 +38,13 @@ func runShip(ctx context.Context, args []string, env environment) error {
 		return err
 	}
 	logger := newLogger(cfg, stderr, cfg.LogLevel)
-	// Loaded before anything else, so that an unreadable certificate stops
+	// Checked before anything else, so that an unreadable certificate stops
 	// pg2kafka at once rather than after Postgres has been waited for.
-	var kafkaSecurity []kgo.Opt
 	if cfg.Destination == destKafka {
-		if kafkaSecurity, err = kafkaSecurityOpts(cfg); err != nil {
-			return err
+		if err := cfg.Kafka.Check(); err != nil {
+			return &configError{err.Error()}
 		}
-		if cfg.KafkaSASLMechanism == "PLAIN" && !cfg.KafkaTLS {
+		if cfg.Kafka.SASLMechanism == "PLAIN" && !cfg.Kafka.TLSEnabled() {
 			logger.Warn("KAFKA_SASL_MECHANISM=PLAIN without TLS sends the password to the brokers unencrypted; set KAFKA_TLS=true unless the network is trusted")
 		}
 	}
@@ -99,7 +93,7 @@ func runShip(ctx context.Context, args []string, env environment) error {
 	if srv != nil {
 		srv.SetDatabase(database)
 	}
-	sink, attrs, err := newSink(ctx, cfg, kafkaSecurity, env, stats, logger)
+	sink, attrs, err := newSink(ctx, cfg, env, stats, logger)
 	if err != nil {
 		return err
 	}
@@ -140,7 +134,7 @@ func runShip(ctx context.Context, args []string, env environment) error {
 
 // newSink makes the sink of the destination chosen, and the attributes
 // that describe it in the log, none of them a secret.
-func newSink(ctx context.Context, cfg Config, kafkaSecurity []kgo.Opt, env environment, stats *httpserver.Stats, logger *slog.Logger) (shipper.Sink, []any, error) {
+func newSink(ctx context.Context, cfg Config, env environment, stats *httpserver.Stats, logger *slog.Logger) (shipper.Sink, []any, error) {
 	switch cfg.Destination {
 	case destDryRun:
 		return shipper.NewWriterSink(env.stdout), nil, nil
@@ -171,27 +165,20 @@ func newSink(ctx context.Context, cfg Config, kafkaSecurity []kgo.Opt, env envir
 		}
 		return sink, []any{slog.String("rabbitmq_url", rabbitmq.Redact(r.URL)), slog.String("exchange", r.Exchange)}, nil
 	}
-	opts := append([]kgo.Opt{
-		kgo.SeedBrokers(cfg.KafkaBrokers...),
-		kgo.ProducerBatchCompression(compressionCodecs[cfg.KafkaCompression]),
-		kgo.ProducerLinger(cfg.KafkaLinger),
+	k := cfg.Kafka
+	sink, err := kafka.New(k,
 		// franz-go narrates routine events at info level; keep its warnings.
 		kgo.WithLogger(kslog.New(newLogger(cfg, env.stderr, max(cfg.LogLevel, slog.LevelWarn)).With(slog.String("component", "kafka")))),
 		kgo.WithHooks(stats.KafkaHooks()),
-	}, kafkaSecurity...)
-	kafka, err := shipper.NewKafkaSink(shipper.KafkaConfig{
-		CreateTopics:           cfg.KafkaCreateTopics,
-		TopicPartitions:        cfg.KafkaTopicPartitions,
-		TopicReplicationFactor: cfg.KafkaTopicReplicationFactor,
-	}, opts...)
+	)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, &configError{err.Error()}
 	}
-	attrs := []any{slog.Any("brokers", cfg.KafkaBrokers), slog.Bool("kafka_tls", cfg.KafkaTLS)}
-	if cfg.KafkaSASLMechanism != "" {
-		attrs = append(attrs, slog.String("kafka_sasl_mechanism", cfg.KafkaSASLMechanism), slog.String("kafka_sasl_username", cfg.KafkaSASLUsername))
+	attrs := []any{slog.Any("brokers", k.Brokers), slog.Bool("kafka_tls", k.TLSEnabled())}
+	if k.SASLMechanism != "" {
+		attrs = append(attrs, slog.String("kafka_sasl_mechanism", k.SASLMechanism), slog.String("kafka_sasl_username", k.SASLUsername))
 	}
-	return kafka, attrs, nil
+	return sink, attrs, nil
 }
 
 // startHTTP listens on HTTP_ADDR and serves there until the returned
@@ -232,74 +219,4 @@ func unwrapOpError(err error) error {
 		return op.Err
 	}
 	return err
-}
-
-// kafkaSecurityOpts returns the franz-go options for the TLS and SASL
-// settings, reading the certificate files. A file that cannot be used is a
-// configuration error naming the setting, the file and the reason.
-func kafkaSecurityOpts(cfg Config) ([]kgo.Opt, error) {
-	var opts []kgo.Opt
-	if cfg.KafkaTLS {
-		tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: cfg.KafkaTLSServerName}
-		if cfg.KafkaTLSCAFile != "" {
-			pem, err := readSettingFile("KAFKA_TLS_CA_FILE", cfg.KafkaTLSCAFile)
-			if err != nil {
-				return nil, err
-			}
-			tlsCfg.RootCAs = x509.NewCertPool()
-			if !tlsCfg.RootCAs.AppendCertsFromPEM(pem) {
-				return nil, &configError{fmt.Sprintf("KAFKA_TLS_CA_FILE=%q: holds no PEM certificate; want the CA certificates that sign the brokers' certificates, in PEM", cfg.KafkaTLSCAFile)}
-			}
-		}
-		if cfg.KafkaTLSCertFile != "" {
-			certPEM, err := readSettingFile("KAFKA_TLS_CERT_FILE", cfg.KafkaTLSCertFile)
-			if err != nil {
-				return nil, err
-			}
-			keyPEM, err := readSettingFile("KAFKA_TLS_KEY_FILE", cfg.KafkaTLSKeyFile)
-			if err != nil {
-				return nil, err
-			}
-			// crypto/tls's messages name what is wrong, never the key.
-			cert, err := tls.X509KeyPair(certPEM, keyPEM)
-			if err != nil {
-				return nil, &configError{fmt.Sprintf("KAFKA_TLS_CERT_FILE=%q, KAFKA_TLS_KEY_FILE=%q: %v; want a PEM certificate and its unencrypted PEM private key", cfg.KafkaTLSCertFile, cfg.KafkaTLSKeyFile, err)}
-			}
-			tlsCfg.Certificates = []tls.Certificate{cert}
-		}
-		opts = append(opts, kgo.DialTLSConfig(tlsCfg))
-	}
-	user, pass := cfg.KafkaSASLUsername, cfg.KafkaSASLPassword
-	switch cfg.KafkaSASLMechanism {
-	case "PLAIN":
-		opts = append(opts, kgo.SASL(plain.Auth{User: user, Pass: pass}.AsMechanism()))
-	case "SCRAM-SHA-256":
-		opts = append(opts, kgo.SASL(scram.Auth{User: user, Pass: pass}.AsSha256Mechanism()))
-	case "SCRAM-SHA-512":
-		opts = append(opts, kgo.SASL(scram.Auth{User: user, Pass: pass}.AsSha512Mechanism()))
-	}
-	return opts, nil
-}
-
-// readSettingFile reads the file a setting names; the error names both, and
-// why the file cannot be read.
-func readSettingFile(setting, path string) ([]byte, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		var pathErr *fs.PathError
-		if errors.As(err, &pathErr) {
-			err = pathErr.Err
-		}
-		return nil, &configError{fmt.Sprintf("%s=%q: cannot read the file: %v", setting, path, err)}
-	}
-	return b, nil
-}
-
-// compressionCodecs maps KAFKA_COMPRESSION's values to franz-go's codecs.
-var compressionCodecs = map[string]kgo.CompressionCodec{
-	"none":   kgo.NoCompression(),
-	"gzip":   kgo.GzipCompression(),
-	"snappy": kgo.SnappyCompression(),
-	"lz4":    kgo.Lz4Compression(),
-	"zstd":   kgo.ZstdCompression(),
 }

@@ -15,45 +15,24 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pg2kafka/pg2kafka/shipper"
+	"github.com/pg2kafka/pg2kafka/shipper/kafka"
 )
 
 // Config is everything pg2kafka reads from its environment and flags.
 type Config struct {
 	destinationConfig
-	DatabaseURL                 string
-	KafkaBrokers                []string
-	TopicNamespace              string
-	PerformMigrations           bool
-	DryRun                      bool
-	KafkaCreateTopics           bool
-	KafkaTopicPartitions        int32
-	KafkaTopicReplicationFactor int16
-	BatchSize                   int
-	Workers                     int
-	KafkaCompression            string
-	KafkaLinger                 time.Duration
-	// KafkaTLS dials the brokers with TLS. Default false; KAFKA_TLS=true, a
-	// kafka+ssl:// or kafka+tls:// KAFKA_PRODUCER_URL, or any KAFKA_TLS_*
-	// file or name turns it on.
-	KafkaTLS bool
-	// KafkaTLSCAFile is a PEM bundle of the CAs trusted to sign the brokers'
-	// certificates, instead of the system's. Default: the system's roots.
-	KafkaTLSCAFile string
-	// KafkaTLSCertFile and KafkaTLSKeyFile are the PEM client certificate
-	// and its key, for brokers that require one. Default: none.
-	KafkaTLSCertFile string
-	KafkaTLSKeyFile  string
-	// KafkaTLSServerName is the name expected in the brokers' certificates.
-	// Default: each broker's host as KAFKA_PRODUCER_URL names it.
-	KafkaTLSServerName string
-	// KafkaSASLMechanism is PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, with
-	// KafkaSASLUsername and KafkaSASLPassword. Default "": no SASL.
-	KafkaSASLMechanism string
-	KafkaSASLUsername  string
-	KafkaSASLPassword  string
-	PollInterval       time.Duration
-	SendTimeout        time.Duration
-	ShutdownTimeout    time.Duration
+	// Kafka is the Kafka settings, checked by its Validate when
+	// KAFKA_PRODUCER_URL is the destination.
+	Kafka             kafka.Config
+	DatabaseURL       string
+	TopicNamespace    string
+	PerformMigrations bool
+	DryRun            bool
+	BatchSize         int
+	Workers           int
+	PollInterval      time.Duration
+	SendTimeout       time.Duration
+	ShutdownTimeout   time.Duration
 	// LaneTakeoverTimeout bounds how long a replica that stopped keeps its
 	// lanes. Default 10s.
 	LaneTakeoverTimeout time.Duration
@@ -76,10 +55,6 @@ type Config struct {
 	// address asked for that cannot be had stops pg2kafka, the default
 	// taken only warns.
 	httpAddrGiven bool
-
-	// brokersTLS records that KAFKA_PRODUCER_URL's scheme asks for TLS, until
-	// parseConfig folds it into KafkaTLS.
-	brokersTLS bool
 }
 
 // setting is one configuration value: the environment variables it is read
@@ -119,7 +94,7 @@ func coreSettings() []setting {
 			parse: boolInto(func(c *Config) *bool { return &c.DryRun })},
 		{env: []string{"KAFKA_CREATE_TOPICS"}, boolean: true, flag: "kafka-create-topics", def: "false",
 			help:  "Create missing topics instead of retrying their events until someone creates them.",
-			parse: boolInto(func(c *Config) *bool { return &c.KafkaCreateTopics })},
+			parse: boolInto(func(c *Config) *bool { return &c.Kafka.CreateTopics })},
 		{env: []string{"KAFKA_TOPIC_PARTITIONS"}, flag: "kafka-topic-partitions", def: "-1",
 			help: "Partitions of topics pg2kafka creates; -1: the broker's default.",
 			parse: func(c *Config, v string) error {
@@ -127,7 +102,7 @@ func coreSettings() []setting {
 				if err != nil || n == 0 || n < -1 {
 					return errors.New("must be a positive whole number, or -1 for the broker's default")
 				}
-				c.KafkaTopicPartitions = int32(n)
+				c.Kafka.TopicPartitions = int32(n)
 				return nil
 			}},
 		{env: []string{"KAFKA_TOPIC_REPLICATION_FACTOR"}, flag: "kafka-topic-replication-factor", def: "-1",
@@ -137,7 +112,7 @@ func coreSettings() []setting {
 				if err != nil || n == 0 || n < -1 {
 					return errors.New("must be a positive whole number, or -1 for the broker's default")
 				}
-				c.KafkaTopicReplicationFactor = int16(n)
+				c.Kafka.TopicReplicationFactor = int16(n)
 				return nil
 			}},
 		{env: []string{"BATCH_SIZE"}, flag: "batch-size", def: "5000",
@@ -163,10 +138,10 @@ func coreSettings() []setting {
 		{env: []string{"KAFKA_COMPRESSION"}, flag: "kafka-compression", def: "lz4",
 			help: "Compression of produced batches: none, gzip, snappy, lz4 or zstd.",
 			parse: func(c *Config, v string) error {
-				if _, ok := compressionCodecs[v]; !ok {
+				if !slices.Contains(kafka.Compressions, v) {
 					return errors.New("must be none, gzip, snappy, lz4 or zstd")
 				}
-				c.KafkaCompression = v
+				c.Kafka.Compression = v
 				return nil
 			}},
 		{env: []string{"KAFKA_LINGER"}, flag: "kafka-linger", def: "0s",
@@ -176,33 +151,40 @@ func coreSettings() []setting {
 				if err != nil || d < 0 || d > time.Minute {
 					return errors.New("must be a duration from 0s to 1m, such as 0s, 5ms or 100ms")
 				}
-				c.KafkaLinger = d
+				c.Kafka.Linger = d
 				return nil
 			}},
-		{env: []string{"KAFKA_TLS"}, boolean: true, flag: "kafka-tls", def: "false",
-			help:  "Connect to the brokers with TLS, trusting the system's CAs. Any KAFKA_TLS_* setting, or a kafka+ssl:// KAFKA_PRODUCER_URL, turns it on too.",
-			parse: boolInto(func(c *Config) *bool { return &c.KafkaTLS })},
+		{env: []string{"KAFKA_TLS"}, boolean: true, flag: "kafka-tls",
+			help: "Connect to the brokers with TLS (true or false), trusting the system's CAs unless KAFKA_TLS_CA_FILE is set. Default: true if any KAFKA_TLS_* setting or a kafka+ssl:// KAFKA_PRODUCER_URL asks for TLS, false otherwise.",
+			parse: func(c *Config, v string) error {
+				b, err := strconv.ParseBool(v)
+				if err != nil {
+					return errors.New("must be true or false")
+				}
+				c.Kafka.TLS = &b
+				return nil
+			}},
 		{env: []string{"KAFKA_TLS_CA_FILE"}, flag: "kafka-tls-ca-file",
 			help:  "PEM file of the CAs that sign the brokers' certificates, trusted instead of the system's. Default: none.",
-			parse: func(c *Config, v string) error { c.KafkaTLSCAFile = v; return nil }},
+			parse: func(c *Config, v string) error { c.Kafka.TLSCAFile = v; return nil }},
 		{env: []string{"KAFKA_TLS_CERT_FILE"}, flag: "kafka-tls-cert-file",
 			help:  "PEM client certificate, for brokers that require one; needs KAFKA_TLS_KEY_FILE. Default: none.",
-			parse: func(c *Config, v string) error { c.KafkaTLSCertFile = v; return nil }},
+			parse: func(c *Config, v string) error { c.Kafka.TLSCertFile = v; return nil }},
 		{env: []string{"KAFKA_TLS_KEY_FILE"}, flag: "kafka-tls-key-file",
 			help:  "PEM private key of KAFKA_TLS_CERT_FILE. Default: none.",
-			parse: func(c *Config, v string) error { c.KafkaTLSKeyFile = v; return nil }},
+			parse: func(c *Config, v string) error { c.Kafka.TLSKeyFile = v; return nil }},
 		{env: []string{"KAFKA_TLS_SERVER_NAME"}, flag: "kafka-tls-server-name",
 			help:  "Name the brokers' certificates must carry. Default: each broker's host as KAFKA_PRODUCER_URL names it.",
-			parse: func(c *Config, v string) error { c.KafkaTLSServerName = v; return nil }},
+			parse: func(c *Config, v string) error { c.Kafka.TLSServerName = v; return nil }},
 		{env: []string{"KAFKA_SASL_MECHANISM"}, flag: "kafka-sasl-mechanism",
 			help:  "SASL authentication: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, with KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD. Default: none.",
 			parse: parseSASLMechanism},
 		{env: []string{"KAFKA_SASL_USERNAME"}, flag: "kafka-sasl-username",
 			help:  "SASL user name. Default: none.",
-			parse: func(c *Config, v string) error { c.KafkaSASLUsername = v; return nil }},
+			parse: func(c *Config, v string) error { c.Kafka.SASLUsername = v; return nil }},
 		{env: []string{"KAFKA_SASL_PASSWORD"}, flag: "kafka-sasl-password", secret: true,
 			help:  "SASL password; never shown in errors or logs. Prefer the variable to the flag, which other users can see in ps. Default: none.",
-			parse: func(c *Config, v string) error { c.KafkaSASLPassword = v; return nil }},
+			parse: func(c *Config, v string) error { c.Kafka.SASLPassword = v; return nil }},
 		{env: []string{"POLL_INTERVAL"}, flag: "poll-interval", def: "50ms",
 			help:  "Longest a worker waits before looking for events again after finding none (the wait starts at 2ms and doubles while none come); after any event it looks again at once.",
 			parse: durationInto(func(c *Config) *time.Duration { return &c.PollInterval })},
@@ -434,8 +416,8 @@ func (cl *commandLine) parse(args []string, getenv func(string) string, usage io
 			return cfg, err
 		}
 		if cfg.Destination == destKafka {
-			if err := checkKafkaSecurity(&cfg, given["kafka-tls"]); err != nil {
-				return cfg, err
+			if err := cfg.Kafka.Validate(); err != nil {
+				return cfg, &configError{err.Error()}
 			}
 		}
 		if err := checkStream(cfg); err != nil {
@@ -483,61 +465,12 @@ func checkStream(cfg Config) error {
 	return nil
 }
 
-// saslMechanisms are the values KAFKA_SASL_MECHANISM allows.
-var saslMechanisms = []string{"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"}
-
 func parseSASLMechanism(c *Config, v string) error {
 	m := strings.ToUpper(v)
-	if !slices.Contains(saslMechanisms, m) {
+	if !slices.Contains(kafka.SASLMechanisms, m) {
 		return errors.New("must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
 	}
-	c.KafkaSASLMechanism = m
-	return nil
-}
-
-// checkKafkaSecurity checks that the TLS and SASL settings make sense
-// together, and turns TLS on when a setting implies it. Whether the files can
-// be read is checked when they are loaded, by kafkaSecurityOpts.
-func checkKafkaSecurity(cfg *Config, tlsGiven bool) error {
-	var implied string // the first setting that asks for TLS
-	switch {
-	case cfg.brokersTLS:
-		implied = "KAFKA_PRODUCER_URL's TLS scheme"
-	case cfg.KafkaTLSCAFile != "":
-		implied = "KAFKA_TLS_CA_FILE"
-	case cfg.KafkaTLSCertFile != "":
-		implied = "KAFKA_TLS_CERT_FILE"
-	case cfg.KafkaTLSKeyFile != "":
-		implied = "KAFKA_TLS_KEY_FILE"
-	case cfg.KafkaTLSServerName != "":
-		implied = "KAFKA_TLS_SERVER_NAME"
-	}
-	cfg.brokersTLS = false
-	if implied != "" {
-		if tlsGiven && !cfg.KafkaTLS {
-			return &configError{"KAFKA_TLS=false contradicts " + implied + ", which needs TLS: unset KAFKA_TLS or set it to true"}
-		}
-		cfg.KafkaTLS = true
-	}
-	switch {
-	case cfg.KafkaTLSCertFile != "" && cfg.KafkaTLSKeyFile == "":
-		return &configError{"KAFKA_TLS_CERT_FILE is set but KAFKA_TLS_KEY_FILE is not: a client certificate needs its private key; set both or neither"}
-	case cfg.KafkaTLSKeyFile != "" && cfg.KafkaTLSCertFile == "":
-		return &configError{"KAFKA_TLS_KEY_FILE is set but KAFKA_TLS_CERT_FILE is not: a private key needs its client certificate; set both or neither"}
-	}
-
-	credentials := []struct{ name, value string }{
-		{"KAFKA_SASL_USERNAME", cfg.KafkaSASLUsername},
-		{"KAFKA_SASL_PASSWORD", cfg.KafkaSASLPassword},
-	}
-	for _, s := range credentials {
-		switch {
-		case cfg.KafkaSASLMechanism == "" && s.value != "":
-			return &configError{s.name + " is set but KAFKA_SASL_MECHANISM is not: set it to PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"}
-		case cfg.KafkaSASLMechanism != "" && s.value == "":
-			return &configError{s.name + " is not set: KAFKA_SASL_MECHANISM=" + cfg.KafkaSASLMechanism + " needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"}
-		}
-	}
+	c.Kafka.SASLMechanism = m
 	return nil
 }
 
@@ -626,32 +559,11 @@ func parseDatabaseURL(c *Config, v string) error {
 }
 
 func parseBrokers(c *Config, v string) error {
-	const allowed = "want kafka://host:port[,host:port…] (kafka+ssl:// for TLS) or host:port[,host:port…]"
-	list := v
-	c.brokersTLS = false
-	if scheme, rest, ok := strings.Cut(v, "://"); ok {
-		switch scheme {
-		case "kafka":
-		case "kafka+ssl", "kafka+tls":
-			c.brokersTLS = true
-		default:
-			return fmt.Errorf("unknown scheme %q; %s", scheme, allowed)
-		}
-		list = rest
+	brokers, tls, err := kafka.ParseBrokers(v)
+	if err != nil {
+		return err
 	}
-	var brokers []string
-	for _, b := range strings.Split(list, ",") {
-		b = strings.TrimSpace(b)
-		host, port, err := net.SplitHostPort(b)
-		if err != nil || host == "" {
-			return fmt.Errorf("broker %q is not host:port; %s", b, allowed)
-		}
-		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-			return fmt.Errorf("broker %q has no valid port; %s", b, allowed)
-		}
-		brokers = append(brokers, b)
-	}
-	c.KafkaBrokers = brokers
+	c.Kafka.Brokers, c.Kafka.BrokersTLS = brokers, tls
 	return nil
 }
 

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pg2kafka/pg2kafka/shipper"
+	"github.com/pg2kafka/pg2kafka/shipper/kafka"
 	"github.com/pg2kafka/pg2kafka/shipper/webhook"
 )
 
@@ -23,7 +24,7 @@ func configEnv(vars map[string]string) func(string) string {
 
 const (
 	testDatabaseURL = "postgres://u@localhost:5432/shop"
-	brokersAllowed  = "want kafka://host:port[,host:port…] (kafka+ssl:// for TLS) or host:port[,host:port…]"
+	brokersAllowed  = kafka.BrokersAllowed
 	durationAllowed = "must be a positive duration such as 250ms, 5s or 1m"
 	countAllowed    = "must be a positive whole number, or -1 for the broker's default"
 	noDestination   = "no destination is set: give one of KAFKA_PRODUCER_URL (e.g. kafka://localhost:9092), WEBHOOK_URL (e.g. https://example.com/hooks/{table}), RABBITMQ_URL (e.g. amqp://guest:guest@localhost:5672/), or set DRY_RUN=true to print events instead"
@@ -33,20 +34,22 @@ const (
 // are set.
 func defaultConfig() Config {
 	return Config{
-		DatabaseURL:                 testDatabaseURL,
-		KafkaBrokers:                []string{"localhost:9092"},
-		KafkaTopicPartitions:        -1,
-		KafkaTopicReplicationFactor: -1,
-		BatchSize:                   5000,
-		Workers:                     2,
-		KafkaCompression:            "lz4",
-		PollInterval:                50 * time.Millisecond,
-		SendTimeout:                 30 * time.Second,
-		ShutdownTimeout:             5 * time.Second,
-		LaneTakeoverTimeout:         10 * time.Second,
-		LogLevel:                    slog.LevelInfo,
-		LogFormat:                   "text",
-		HTTPAddr:                    ":8080",
+		DatabaseURL: testDatabaseURL,
+		Kafka: kafka.Config{
+			Brokers:                []string{"localhost:9092"},
+			TopicPartitions:        -1,
+			TopicReplicationFactor: -1,
+			Compression:            "lz4",
+		},
+		BatchSize:           5000,
+		Workers:             2,
+		PollInterval:        50 * time.Millisecond,
+		SendTimeout:         30 * time.Second,
+		ShutdownTimeout:     5 * time.Second,
+		LaneTakeoverTimeout: 10 * time.Second,
+		LogLevel:            slog.LevelInfo,
+		LogFormat:           "text",
+		HTTPAddr:            ":8080",
 		destinationConfig: destinationConfig{
 			Destination: destKafka,
 			Webhook:     webhook.Config{Timeout: 10 * time.Second, BatchSize: 1, Concurrency: 16},
@@ -76,21 +79,21 @@ func TestParseConfig(t *testing.T) {
 	}{
 		{"defaults", required, nil, func(*Config) {}},
 		{"kafka URL", with(map[string]string{"KAFKA_PRODUCER_URL": "kafka://a:1,b:2"}), nil,
-			func(c *Config) { c.KafkaBrokers = []string{"a:1", "b:2"} }},
+			func(c *Config) { c.Kafka.Brokers = []string{"a:1", "b:2"} }},
 		{"bare broker list", with(map[string]string{"KAFKA_PRODUCER_URL": "a:1,b:2"}), nil,
-			func(c *Config) { c.KafkaBrokers = []string{"a:1", "b:2"} }},
+			func(c *Config) { c.Kafka.Brokers = []string{"a:1", "b:2"} }},
 		{"spaces around brokers", with(map[string]string{"KAFKA_PRODUCER_URL": "kafka://a:1, b:2"}), nil,
-			func(c *Config) { c.KafkaBrokers = []string{"a:1", "b:2"} }},
+			func(c *Config) { c.Kafka.Brokers = []string{"a:1", "b:2"} }},
 		{"IPv6 broker", with(map[string]string{"KAFKA_PRODUCER_URL": "[::1]:9092"}), nil,
-			func(c *Config) { c.KafkaBrokers = []string{"[::1]:9092"} }},
+			func(c *Config) { c.Kafka.Brokers = []string{"[::1]:9092"} }},
 		{"KAFKA_BROKER alias", map[string]string{"DATABASE_URL": testDatabaseURL, "KAFKA_BROKER": "kafka://b:1"}, nil,
-			func(c *Config) { c.KafkaBrokers = []string{"b:1"} }},
+			func(c *Config) { c.Kafka.Brokers = []string{"b:1"} }},
 		{"KAFKA_PRODUCER_URL wins over KAFKA_BROKER",
 			with(map[string]string{"KAFKA_PRODUCER_URL": "p:1", "KAFKA_BROKER": "b:1"}), nil,
-			func(c *Config) { c.KafkaBrokers = []string{"p:1"} }},
+			func(c *Config) { c.Kafka.Brokers = []string{"p:1"} }},
 		{"a bad KAFKA_BROKER is not read when KAFKA_PRODUCER_URL is set",
 			with(map[string]string{"KAFKA_PRODUCER_URL": "p:1", "KAFKA_BROKER": "nonsense"}), nil,
-			func(c *Config) { c.KafkaBrokers = []string{"p:1"} }},
+			func(c *Config) { c.Kafka.Brokers = []string{"p:1"} }},
 		{"HTTP_ADDR", with(map[string]string{"HTTP_ADDR": "127.0.0.1:9090"}), nil,
 			func(c *Config) { c.HTTPAddr = "127.0.0.1:9090"; c.httpAddrGiven = true }},
 		{"HTTP_ADDR off", with(map[string]string{"HTTP_ADDR": "off"}), nil,
@@ -98,9 +101,9 @@ func TestParseConfig(t *testing.T) {
 		{"the stream", with(map[string]string{"STREAM_TOKEN": "t0ken"}), nil,
 			func(c *Config) { c.StreamToken = "t0ken" }},
 		{"dry run needs no brokers", map[string]string{"DATABASE_URL": testDatabaseURL, "DRY_RUN": "true"}, nil,
-			func(c *Config) { c.KafkaBrokers = nil; c.DryRun = true }},
+			func(c *Config) { c.Kafka.Brokers = nil; c.DryRun = true }},
 		{"a boolean flag stands alone", map[string]string{"DATABASE_URL": testDatabaseURL}, []string{"-dry-run", "-batch-size=5", "-perform-migrations=false"},
-			func(c *Config) { c.KafkaBrokers = nil; c.DryRun = true; c.BatchSize = 5 }},
+			func(c *Config) { c.Kafka.Brokers = nil; c.DryRun = true; c.BatchSize = 5 }},
 		{"empty variables are unset", with(map[string]string{"BATCH_SIZE": "", "LOG_FORMAT": ""}), nil,
 			func(*Config) {}},
 		{"every variable", map[string]string{
@@ -136,37 +139,39 @@ func TestParseConfig(t *testing.T) {
 			"STREAM_TOKEN":                   "t0ken",
 		}, nil, func(c *Config) {
 			*c = Config{
-				DatabaseURL:                 "host=db user=u password=p dbname=shop",
-				KafkaBrokers:                []string{"k1:9092", "k2:9093"},
-				TopicNamespace:              "staging",
-				PerformMigrations:           true,
-				KafkaCreateTopics:           true,
-				KafkaTopicPartitions:        12,
-				KafkaTopicReplicationFactor: 3,
-				BatchSize:                   100000,
-				Workers:                     8,
-				KafkaCompression:            "zstd",
-				KafkaLinger:                 5 * time.Millisecond,
-				KafkaTLS:                    true,
-				KafkaTLSCAFile:              "ca.pem",
-				KafkaTLSCertFile:            "cert.pem",
-				KafkaTLSKeyFile:             "key.pem",
-				KafkaTLSServerName:          "kafka.internal",
-				KafkaSASLMechanism:          "SCRAM-SHA-512",
-				KafkaSASLUsername:           "shipper",
-				KafkaSASLPassword:           "s3cret",
-				PollInterval:                250 * time.Millisecond,
-				SendTimeout:                 time.Minute,
-				ShutdownTimeout:             2 * time.Second,
-				LaneTakeoverTimeout:         30 * time.Second,
-				EventFormat:                 shipper.FormatDebezium,
-				DebeziumTombstones:          true,
-				LogLevel:                    slog.LevelDebug,
-				destinationConfig:           defaultConfig().destinationConfig,
-				LogFormat:                   "json",
-				HTTPAddr:                    "127.0.0.1:9090",
-				StreamToken:                 "t0ken",
-				httpAddrGiven:               true,
+				DatabaseURL: "host=db user=u password=p dbname=shop",
+				Kafka: kafka.Config{
+					Brokers:                []string{"k1:9092", "k2:9093"},
+					CreateTopics:           true,
+					TopicPartitions:        12,
+					TopicReplicationFactor: 3,
+					Compression:            "zstd",
+					Linger:                 5 * time.Millisecond,
+					TLS:                    ptr(true),
+					TLSCAFile:              "ca.pem",
+					TLSCertFile:            "cert.pem",
+					TLSKeyFile:             "key.pem",
+					TLSServerName:          "kafka.internal",
+					SASLMechanism:          "SCRAM-SHA-512",
+					SASLUsername:           "shipper",
+					SASLPassword:           "s3cret",
+				},
+				TopicNamespace:      "staging",
+				PerformMigrations:   true,
+				BatchSize:           100000,
+				Workers:             8,
+				PollInterval:        250 * time.Millisecond,
+				SendTimeout:         time.Minute,
+				ShutdownTimeout:     2 * time.Second,
+				LaneTakeoverTimeout: 30 * time.Second,
+				EventFormat:         shipper.FormatDebezium,
+				DebeziumTombstones:  true,
+				LogLevel:            slog.LevelDebug,
+				destinationConfig:   defaultConfig().destinationConfig,
+				LogFormat:           "json",
+				HTTPAddr:            "127.0.0.1:9090",
+				StreamToken:         "t0ken",
+				httpAddrGiven:       true,
 			}
 		}},
 		{"flags win over the environment",
@@ -175,55 +180,54 @@ func TestParseConfig(t *testing.T) {
 			func(c *Config) {
 				c.BatchSize = 7
 				c.LogLevel = slog.LevelWarn
-				c.KafkaBrokers = []string{"f:1"}
+				c.Kafka.Brokers = []string{"f:1"}
 				c.DatabaseURL = "postgres://f@h/other"
 			}},
 		{"KAFKA_TLS", with(map[string]string{"KAFKA_TLS": "true"}), nil,
-			func(c *Config) { c.KafkaTLS = true }},
-		{"kafka+ssl:// turns TLS on", with(map[string]string{"KAFKA_PRODUCER_URL": "kafka+ssl://a:1,b:2"}), nil,
-			func(c *Config) { c.KafkaBrokers = []string{"a:1", "b:2"}; c.KafkaTLS = true }},
-		{"kafka+tls:// turns TLS on", with(map[string]string{"KAFKA_PRODUCER_URL": "kafka+tls://a:1"}), nil,
-			func(c *Config) { c.KafkaBrokers = []string{"a:1"}; c.KafkaTLS = true }},
+			func(c *Config) { c.Kafka.TLS = ptr(true) }},
+		{"kafka+ssl:// asks for TLS", with(map[string]string{"KAFKA_PRODUCER_URL": "kafka+ssl://a:1,b:2"}), nil,
+			func(c *Config) { c.Kafka.Brokers = []string{"a:1", "b:2"}; c.Kafka.BrokersTLS = true }},
+		{"kafka+tls:// asks for TLS", with(map[string]string{"KAFKA_PRODUCER_URL": "kafka+tls://a:1"}), nil,
+			func(c *Config) { c.Kafka.Brokers = []string{"a:1"}; c.Kafka.BrokersTLS = true }},
 		{"kafka+ssl:// with KAFKA_TLS=true", with(map[string]string{"KAFKA_PRODUCER_URL": "kafka+ssl://a:1", "KAFKA_TLS": "true"}), nil,
-			func(c *Config) { c.KafkaBrokers = []string{"a:1"}; c.KafkaTLS = true }},
+			func(c *Config) { c.Kafka.Brokers = []string{"a:1"}; c.Kafka.BrokersTLS = true; c.Kafka.TLS = ptr(true) }},
 		{"a kafka:// flag overrides a kafka+ssl:// variable, TLS with it",
 			with(map[string]string{"KAFKA_PRODUCER_URL": "kafka+ssl://a:1"}), []string{"-kafka-producer-url=kafka://b:2"},
-			func(c *Config) { c.KafkaBrokers = []string{"b:2"} }},
+			func(c *Config) { c.Kafka.Brokers = []string{"b:2"} }},
 		{"a CA file turns TLS on", with(map[string]string{"KAFKA_TLS_CA_FILE": "/etc/kafka/ca.pem"}), nil,
-			func(c *Config) { c.KafkaTLS = true; c.KafkaTLSCAFile = "/etc/kafka/ca.pem" }},
+			func(c *Config) { c.Kafka.TLSCAFile = "/etc/kafka/ca.pem" }},
 		{"a client certificate turns TLS on",
 			with(map[string]string{"KAFKA_TLS_CERT_FILE": "client.pem", "KAFKA_TLS_KEY_FILE": "client-key.pem"}), nil,
 			func(c *Config) {
-				c.KafkaTLS = true
-				c.KafkaTLSCertFile = "client.pem"
-				c.KafkaTLSKeyFile = "client-key.pem"
+				c.Kafka.TLSCertFile = "client.pem"
+				c.Kafka.TLSKeyFile = "client-key.pem"
 			}},
 		{"a server name turns TLS on", with(map[string]string{"KAFKA_TLS_SERVER_NAME": "kafka.internal"}), nil,
-			func(c *Config) { c.KafkaTLS = true; c.KafkaTLSServerName = "kafka.internal" }},
+			func(c *Config) { c.Kafka.TLSServerName = "kafka.internal" }},
 		{"SASL mechanism in any case", with(map[string]string{
 			"KAFKA_SASL_MECHANISM": "scram-sha-256", "KAFKA_SASL_USERNAME": "shipper", "KAFKA_SASL_PASSWORD": "s3cret"}), nil,
 			func(c *Config) {
-				c.KafkaSASLMechanism = "SCRAM-SHA-256"
-				c.KafkaSASLUsername = "shipper"
-				c.KafkaSASLPassword = "s3cret"
+				c.Kafka.SASLMechanism = "SCRAM-SHA-256"
+				c.Kafka.SASLUsername = "shipper"
+				c.Kafka.SASLPassword = "s3cret"
 			}},
 		{"SASL by flags", with(nil),
 			[]string{"-kafka-sasl-mechanism=PLAIN", "-kafka-sasl-username=shipper", "-kafka-sasl-password=s3cret"},
 			func(c *Config) {
-				c.KafkaSASLMechanism = "PLAIN"
-				c.KafkaSASLUsername = "shipper"
-				c.KafkaSASLPassword = "s3cret"
+				c.Kafka.SASLMechanism = "PLAIN"
+				c.Kafka.SASLUsername = "shipper"
+				c.Kafka.SASLPassword = "s3cret"
 			}},
 		{"dry run takes Kafka settings without reading their files",
 			map[string]string{"DATABASE_URL": testDatabaseURL, "DRY_RUN": "true", "KAFKA_TLS_CA_FILE": "/nonexistent"}, nil,
 			func(c *Config) {
-				c.KafkaBrokers = nil
+				c.Kafka.Brokers = nil
 				c.DryRun = true
-				c.KafkaTLSCAFile = "/nonexistent"
+				c.Kafka.TLSCAFile = "/nonexistent"
 			}},
 		{"flags alone", nil,
 			[]string{"-database-url", testDatabaseURL, "-dry-run=true", "-topic-namespace=ns"},
-			func(c *Config) { c.KafkaBrokers = nil; c.DryRun = true; c.TopicNamespace = "ns" }},
+			func(c *Config) { c.Kafka.Brokers = nil; c.DryRun = true; c.TopicNamespace = "ns" }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -467,7 +471,7 @@ func TestParseConfigHelpListsEverySetting(t *testing.T) {
 		"  WORKERS, -workers (default 2)\n",
 		"  KAFKA_COMPRESSION, -kafka-compression (default lz4)\n",
 		"  KAFKA_LINGER, -kafka-linger (default 0s)\n",
-		"  KAFKA_TLS, -kafka-tls (default false)\n",
+		"  KAFKA_TLS, -kafka-tls\n",
 		"  KAFKA_TLS_CA_FILE, -kafka-tls-ca-file\n",
 		"  KAFKA_TLS_CERT_FILE, -kafka-tls-cert-file\n",
 		"  KAFKA_TLS_KEY_FILE, -kafka-tls-key-file\n",
@@ -615,3 +619,5 @@ func FuzzConfigNeverShowsPassword(f *testing.F) {
 		}
 	})
 }
+
+func ptr[T any](v T) *T { return &v }

@@ -17,6 +17,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/pg2kafka/pg2kafka/shipper"
+	"github.com/pg2kafka/pg2kafka/shipper/kafka"
 )
 
 // sizeLimit is the most bytes a record batch may hold in tests about
@@ -169,7 +170,7 @@ func TestTooLargeEventIsDeadLetteredWhileOthersShip(t *testing.T) {
 			refused := []string{events[huge[0]].UUID, events[huge[1]].UUID}
 			want := without(b.expect(3, changes...), refused)
 			b.createTopics(topic)
-			b.start(shipper.Config{}, shipper.KafkaConfig{}, tt.client...)
+			b.start(shipper.Config{}, kafka.Config{}, tt.client...)
 
 			// Events before and after the huge ones, of their keys and
 			// others, ship in order; the huge ones never reach the topic.
@@ -199,7 +200,7 @@ func TestRequeuedEventShipsAfterItsKeysLaterEvents(t *testing.T) {
 	refused := []string{events[huge[0]].UUID, events[huge[1]].UUID}
 	want := b.expect(3, changes...)
 	b.createTopics(topic)
-	b.start(shipper.Config{}, shipper.KafkaConfig{})
+	b.start(shipper.Config{}, kafka.Config{})
 
 	b.consume(6, topic)
 	b.waitQueueEmpty()
@@ -281,7 +282,7 @@ func TestRecordsRefusedAlongsideOthersAreNotDeadLettered(t *testing.T) {
 			if tt.fault != nil {
 				b.cluster.Fault(*tt.fault)
 			}
-			b.start(shipper.Config{BatchSize: 50}, shipper.KafkaConfig{}, tt.client...)
+			b.start(shipper.Config{BatchSize: 50}, kafka.Config{}, tt.client...)
 
 			assertRecords(t, b.consume(50, topic), want)
 			b.waitQueueEmpty()
@@ -326,7 +327,7 @@ func TestOtherFailuresNeverDeadLetter(t *testing.T) {
 			}
 			// Quick to look again for a missing topic, so that the test
 			// sees several attempts fail in well under a second.
-			b.start(shipper.Config{}, shipper.KafkaConfig{}, kgo.MetadataMinAge(10*time.Millisecond))
+			b.start(shipper.Config{}, kafka.Config{}, kgo.MetadataMinAge(10*time.Millisecond))
 
 			b.waitFor("three failed attempts", func() bool {
 				return strings.Count(b.logs.String(), "events not shipped; they stay queued") >= 3
@@ -385,7 +386,7 @@ func TestEveryEventShippedOrDeadLettered(t *testing.T) {
 	}
 	topic := b.topic("counters")
 	b.createTopics(topic)
-	b.start(shipper.Config{BatchSize: 7, Workers: 3}, shipper.KafkaConfig{})
+	b.start(shipper.Config{BatchSize: 7, Workers: 3}, kafka.Config{})
 
 	var wantShipped, wantDead []string
 	wantOrder := make(map[string][]string) // external ID → uuids in order

@@ -10,6 +10,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/pg2kafka/pg2kafka/shipper"
+	"github.com/pg2kafka/pg2kafka/shipper/kafka"
 )
 
 // freePort returns a port nothing listens on, so that a broker can be
@@ -48,7 +49,7 @@ func TestBrokerOutage(t *testing.T) {
 	topic := b.topic("counters")
 	b.createTopics(topic)
 	const sendTimeout = 500 * time.Millisecond
-	b.start(shipper.Config{BatchSize: 20, SendTimeout: sendTimeout}, shipper.KafkaConfig{})
+	b.start(shipper.Config{BatchSize: 20, SendTimeout: sendTimeout}, kafka.Config{})
 	b.waitFor("some records to flow", func() bool { return b.recordCount(topic) >= 100 })
 
 	b.cluster.Close()
@@ -84,7 +85,7 @@ func TestDatabaseConnectionsKilled(t *testing.T) {
 	b.writeVersions(keys, versions)
 	topic := b.topic("counters")
 	b.createTopics(topic)
-	b.start(shipper.Config{BatchSize: 10}, shipper.KafkaConfig{})
+	b.start(shipper.Config{BatchSize: 10}, kafka.Config{})
 
 	for kill := 1; kill <= 5; kill++ {
 		shipped := b.recordCount(topic)

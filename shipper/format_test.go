@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pg2kafka/pg2kafka/shipper"
+	"github.com/pg2kafka/pg2kafka/shipper/kafka"
 )
 
 // formatCase is one statement's record in one format: the value expected,
@@ -107,7 +108,7 @@ func TestEventFormats(t *testing.T) {
 				topic := b.topic("test_table")
 				b.createTopics(topic)
 				before := time.Now().UnixMilli()
-				b.start(shipper.Config{Format: format, Version: "1.2.3"}, shipper.KafkaConfig{})
+				b.start(shipper.Config{Format: format, Version: "1.2.3"}, kafka.Config{})
 				records := b.consume(len(cases), topic)
 				after := time.Now().UnixMilli()
 				b.waitQueueEmpty()
@@ -170,7 +171,7 @@ func TestEventFormatPgeventsUsers(t *testing.T) {
 	)
 	users, coupons := b.topic("users"), b.topic("coupons")
 	b.createTopics(users, coupons)
-	b.start(shipper.Config{Format: shipper.FormatPgevents}, shipper.KafkaConfig{})
+	b.start(shipper.Config{Format: shipper.FormatPgevents}, kafka.Config{})
 	var got []string
 	for _, r := range b.consume(4, users, coupons) {
 		got = append(got, r.Value)
@@ -205,7 +206,7 @@ func TestDebeziumTombstones(t *testing.T) {
 	)
 	topic := b.topic("items")
 	b.createTopics(topic)
-	b.start(shipper.Config{Format: shipper.FormatDebezium, DebeziumTombstones: true}, shipper.KafkaConfig{})
+	b.start(shipper.Config{Format: shipper.FormatDebezium, DebeziumTombstones: true}, kafka.Config{})
 	records := b.consume(6, topic)
 	b.waitQueueEmpty()
 	var keyed []string
@@ -246,7 +247,7 @@ func TestEventFormatWarnsOfIncompleteTables(t *testing.T) {
 		`SELECT pg2kafka.setup('whole', 'id', full_row => true)`,
 		`SELECT pg2kafka.setup('appends', 'id', operations => '{INSERT}')`,
 	)
-	b.start(shipper.Config{Format: shipper.FormatHasura}, shipper.KafkaConfig{})
+	b.start(shipper.Config{Format: shipper.FormatHasura}, kafka.Config{})
 	b.waitFor("the warning", func() bool { return b.logs.Contains("table's events are incomplete") })
 	fix := regexp.MustCompile(`fix="((?:[^"\\]|\\.)*)"`)
 	var fixes []string

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/pg2kafka/pg2kafka/shipper"
+	"github.com/pg2kafka/pg2kafka/shipper/kafka"
 )
 
 func TestRecordsCarryHeaders(t *testing.T) {
@@ -24,7 +25,7 @@ func TestRecordsCarryHeaders(t *testing.T) {
 	topic := "pg2kafka." + b.database + ".Sales.Order_Items"
 	uuid := b.queuedEvents()[0].UUID
 	b.createTopics(topic)
-	b.start(shipper.Config{}, shipper.KafkaConfig{})
+	b.start(shipper.Config{}, kafka.Config{})
 
 	records := b.consume(1, topic)
 	if want := "pg2kafka-event-id:" + uuid + ", pg2kafka-statement:INSERT, pg2kafka-table:Sales.Order Items"; records[0].Headers != want {
@@ -57,7 +58,7 @@ func TestShipsCaptureOptions(t *testing.T) {
 		changeWithOld{change{topic, ptr("bob"), "UPDATE", `{"status":"new"}`}, `{"status":"draft"}`},
 	)
 	b.createTopics(topic)
-	b.start(shipper.Config{}, shipper.KafkaConfig{})
+	b.start(shipper.Config{}, kafka.Config{})
 
 	assertRecords(t, b.consume(4, topic), want)
 	b.waitQueueEmpty()
@@ -75,7 +76,7 @@ func TestIncludeOldOnDelete(t *testing.T) {
 	topic := b.topic("orders")
 	want := b.expectWithOld(3, changeWithOld{change{topic, ptr("1"), "DELETE", `{}`}, `{"id":1,"status":"new"}`})
 	b.createTopics(topic)
-	b.start(shipper.Config{}, shipper.KafkaConfig{})
+	b.start(shipper.Config{}, kafka.Config{})
 
 	assertRecords(t, b.consume(1, topic), want)
 }
@@ -102,7 +103,7 @@ func TestChangedTopicLeavesQueuedEventsWhereTheyWere(t *testing.T) {
 		change{v1, ptr("1"), "DELETE", `{}`},
 	)
 	b.createTopics(v1, "orders.v2")
-	b.start(shipper.Config{BatchSize: 1}, shipper.KafkaConfig{})
+	b.start(shipper.Config{BatchSize: 1}, kafka.Config{})
 
 	assertRecords(t, b.consume(3, v1, "orders.v2"), want)
 }
@@ -123,7 +124,7 @@ func TestBackfillWithConcurrentWriters(t *testing.T) {
 	)
 	topic := b.topic("accounts")
 	b.createTopics(topic)
-	b.start(shipper.Config{}, shipper.KafkaConfig{})
+	b.start(shipper.Config{}, kafka.Config{})
 
 	ctx, stop := context.WithCancel(context.Background())
 	var writers sync.WaitGroup

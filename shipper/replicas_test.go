@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/pg2kafka/pg2kafka/shipper"
+	"github.com/pg2kafka/pg2kafka/shipper/kafka"
 )
 
 // writeVersions has keys rows, each updated versions times, one transaction
@@ -73,7 +74,7 @@ func TestReplicasShareTheQueueWithoutDuplicatesOrReordering(t *testing.T) {
 	// Three replicas of two workers each, claiming small batches so that
 	// each key's events are spread over many batches and workers.
 	for range 3 {
-		b.start(shipper.Config{BatchSize: 25, Workers: 2}, shipper.KafkaConfig{})
+		b.start(shipper.Config{BatchSize: 25, Workers: 2}, kafka.Config{})
 	}
 	if dups := b.requireVersionsInOrder(keys, versions); dups != 0 {
 		t.Fatalf("%d events shipped twice with no replica failing", dups)
@@ -88,8 +89,8 @@ func TestReplicaStoppingHandsOverItsLanes(t *testing.T) {
 	topic := b.topic("counters")
 	b.createTopics(topic)
 
-	leaving := b.start(shipper.Config{BatchSize: 10, Workers: 2}, shipper.KafkaConfig{})
-	b.start(shipper.Config{BatchSize: 10, Workers: 2}, shipper.KafkaConfig{})
+	leaving := b.start(shipper.Config{BatchSize: 10, Workers: 2}, kafka.Config{})
+	b.start(shipper.Config{BatchSize: 10, Workers: 2}, kafka.Config{})
 	// Stop one replica while the queue is still being drained.
 	b.waitFor("some records to flow", func() bool { return b.recordCount(topic) >= 200 })
 	leaving()

@@ -107,25 +107,6 @@ func (c *Config) withDefaults() Config {
 	return out
 }
 
-// RejectedError is a Sink's answer for a message its destination refuses
-// for what it is (too large, invalid) and would refuse again however often
-// it were sent. The shipper moves the message's event to the dead-letter
-// table rather than retry it: left queued, it would hold back the events of
-// its key for good.
-type RejectedError struct {
-	// Err is the destination's reason.
-	Err error
-	// Attempts is how many sends of the message failed, the last alone.
-	Attempts int
-	// FirstFailedAt and LastFailedAt are when the first and the last
-	// failed.
-	FirstFailedAt, LastFailedAt time.Time
-}
-
-func (e *RejectedError) Error() string { return e.Err.Error() }
-
-func (e *RejectedError) Unwrap() error { return e.Err }
-
 // Shipper drains the outbox into a Sink with several workers.
 type Shipper struct {
 	cfg   Config

@@ -15,6 +15,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/pg2kafka/pg2kafka/shipper"
+	"github.com/pg2kafka/pg2kafka/shipper/kafka"
 )
 
 // change is what a test expects one event to become.
@@ -162,7 +163,7 @@ func TestShipsEveryStatementInOrder(t *testing.T) {
 	)
 	b.createTopics(topic)
 	// Batches of two: order must hold across batches too.
-	b.start(shipper.Config{BatchSize: 2}, shipper.KafkaConfig{})
+	b.start(shipper.Config{BatchSize: 2}, kafka.Config{})
 
 	assertRecords(t, b.consume(5, topic), want)
 	b.waitQueueEmpty()
@@ -182,7 +183,7 @@ func TestNullExternalIDHasNullKey(t *testing.T) {
 		change{topic, ptr("ann"), "INSERT", `{"id":2,"body":"hers","owner":"ann"}`},
 	)
 	b.createTopics(topic)
-	b.start(shipper.Config{}, shipper.KafkaConfig{})
+	b.start(shipper.Config{}, kafka.Config{})
 
 	assertRecords(t, b.consume(2, topic), want)
 }
@@ -199,7 +200,7 @@ func TestTopicNames(t *testing.T) {
 	topic := "pg2kafka.shop." + b.database + ".Sales.Order_Items"
 	want := b.expect(3, change{topic, ptr(`A"1`), "INSERT", `{"SKU":"A\"1","qty":2}`})
 	b.createTopics(topic)
-	b.start(shipper.Config{TopicNamespace: "shop"}, shipper.KafkaConfig{})
+	b.start(shipper.Config{TopicNamespace: "shop"}, kafka.Config{})
 
 	assertRecords(t, b.consume(1, topic), want)
 }
@@ -257,7 +258,7 @@ func TestMissingTopicHoldsItsEventsWhileOthersFlow(t *testing.T) {
 	)
 	present, absent := b.topic("present"), b.topic("absent")
 	b.createTopics(present)
-	b.start(shipper.Config{}, shipper.KafkaConfig{})
+	b.start(shipper.Config{}, kafka.Config{})
 
 	b.consume(2, present)
 	b.waitFor("the missing topic's error", func() bool {
@@ -293,7 +294,7 @@ func TestCreatesMissingTopicsWhenAsked(t *testing.T) {
 		`SELECT pg2kafka.setup('things', 'id')`,
 		`INSERT INTO things SELECT generate_series(1, 10)`,
 	)
-	b.start(shipper.Config{}, shipper.KafkaConfig{CreateTopics: true, TopicPartitions: 2, TopicReplicationFactor: 1})
+	b.start(shipper.Config{}, kafka.Config{CreateTopics: true, TopicPartitions: 2, TopicReplicationFactor: 1})
 
 	topic := b.topic("things")
 	for _, r := range b.consume(10, topic) {
@@ -337,7 +338,7 @@ func TestBrokerFaultKeepsEventsUntilItClears(t *testing.T) {
 		Err:   kerr.CorruptMessage,
 		Count: -1,
 	})
-	b.start(shipper.Config{BatchSize: 4}, shipper.KafkaConfig{})
+	b.start(shipper.Config{BatchSize: 4}, kafka.Config{})
 
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
@@ -370,7 +371,7 @@ func TestSendTimeoutBoundsTheClaim(t *testing.T) {
 	// client would retry forever; the send timeout must end the attempt and
 	// release the claim.
 	fault := b.cluster.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Err: kerr.NotEnoughReplicas, Count: -1})
-	b.start(shipper.Config{SendTimeout: 300 * time.Millisecond}, shipper.KafkaConfig{})
+	b.start(shipper.Config{SendTimeout: 300 * time.Millisecond}, kafka.Config{})
 
 	b.waitFor("the timed-out batch to be retried", func() bool {
 		return strings.Count(b.logs.String(), "events not shipped") >= 2

@@ -27,6 +27,7 @@ import (
 	"github.com/pg2kafka/pg2kafka/internal/stream"
 	"github.com/pg2kafka/pg2kafka/outbox"
 	"github.com/pg2kafka/pg2kafka/shipper"
+	"github.com/pg2kafka/pg2kafka/shipper/kafka"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -47,7 +48,7 @@ type bundle struct {
 	database string
 	cluster  *kfake.Cluster
 	port     int // Kafka's
-	sink     *shipper.KafkaSink
+	sink     *kafka.Sink
 	stats    *httpserver.Stats
 	hub      *stream.Hub
 	shipper  *shipper.Shipper
@@ -81,8 +82,8 @@ func setup(t *testing.T, sql ...string) *bundle {
 	b.startKafka(0)
 	b.hub = stream.NewHub(0)
 	b.stats = httpserver.NewStats(b.hub)
-	if b.sink, err = shipper.NewKafkaSink(shipper.KafkaConfig{CreateTopics: true, TopicPartitions: 3, TopicReplicationFactor: 1},
-		kgo.SeedBrokers(b.cluster.ListenAddrs()...), kgo.WithHooks(b.stats.KafkaHooks()),
+	if b.sink, err = kafka.New(kafka.Config{Brokers: b.cluster.ListenAddrs(), CreateTopics: true, TopicPartitions: 3, TopicReplicationFactor: 1},
+		kgo.WithHooks(b.stats.KafkaHooks()),
 		kgo.RetryBackoffFn(func(int) time.Duration { return 50 * time.Millisecond })); err != nil {
 		t.Fatal(err)
 	}

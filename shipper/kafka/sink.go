@@ -1,4 +1,4 @@
-package shipper
+package kafka
 
 import (
 	"context"
@@ -10,26 +10,15 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/pg2kafka/pg2kafka/shipper"
 )
 
-// KafkaConfig is how the Kafka sink treats topics.
-type KafkaConfig struct {
-	// CreateTopics creates a missing topic before producing to it. Default
-	// false: a missing topic is an error, and its events stay queued.
-	CreateTopics bool
-	// TopicPartitions and TopicReplicationFactor shape created topics; -1
-	// (the default) takes the broker's default.
-	TopicPartitions        int32
-	TopicReplicationFactor int16
-}
-
-// KafkaSink produces messages to Kafka with an idempotent producer waiting
-// for all in-sync replicas (franz-go's defaults), keyed records partitioned by
-// murmur2 exactly as the Java client does.
-type KafkaSink struct {
+// Sink produces messages to Kafka. Create it with New.
+type Sink struct {
 	producer *producer
 	admin    *kadm.Client
-	cfg      KafkaConfig
+	cfg      Config
 	// probe sends the records Kafka refused again, to find out which of
 	// them it refuses for themselves (see findRefused). It sends nothing
 	// else, and holding probeTurn lets one batch use it at a time, so a
@@ -43,25 +32,32 @@ type KafkaSink struct {
 	existing map[string]bool
 }
 
-// NewKafkaSink connects to Kafka. opts are passed to franz-go as they are,
-// after pg2kafka's own defaults, so they can override them.
-func NewKafkaSink(cfg KafkaConfig, opts ...kgo.Opt) (*KafkaSink, error) {
-	defaults := []kgo.Opt{
-		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)),
-		kgo.RequiredAcks(kgo.AllISRAcks()),
+var _ shipper.Sink = (*Sink)(nil)
+
+// New returns a sink for cfg, which it validates, reading the TLS files it
+// names; it does not connect yet. opts are passed to franz-go as they are,
+// after the options cfg makes, so they can override them.
+func New(cfg Config, opts ...kgo.Opt) (*Sink, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
-	client, err := kgo.NewClient(append(defaults, opts...)...)
+	cfg = cfg.WithDefaults()
+	base, err := cfg.clientOpts()
+	if err != nil {
+		return nil, err
+	}
+	client, err := kgo.NewClient(append(base, opts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka: %w", err)
 	}
 	// The probe waits for each send before the next, so lingering would only
 	// slow it down. Like any client it connects on first use.
-	probe, err := kgo.NewClient(append(append(defaults, opts...), kgo.ProducerLinger(0))...)
+	probe, err := kgo.NewClient(append(append(base, opts...), kgo.ProducerLinger(0))...)
 	if err != nil {
 		client.Close()
 		return nil, fmt.Errorf("kafka: %w", err)
 	}
-	return &KafkaSink{
+	return &Sink{
 		producer:  newProducer(client),
 		admin:     kadm.NewClient(client),
 		probe:     newProducer(probe),
@@ -71,12 +67,12 @@ func NewKafkaSink(cfg KafkaConfig, opts ...kgo.Opt) (*KafkaSink, error) {
 	}, nil
 }
 
-// Send implements Sink. Records are produced all at once and awaited
+// Send implements shipper.Sink. Records are produced all at once and awaited
 // together; each result is matched to its message through the record's
 // promise, since franz-go settles them in completion order. Records Kafka
 // may have refused for themselves are then sorted out by findRefused; those
 // it does refuse fail with a *RejectedError.
-func (s *KafkaSink) Send(ctx context.Context, msgs []Message) []error {
+func (s *Sink) Send(ctx context.Context, msgs []shipper.Message) []error {
 	errs := make([]error, len(msgs))
 	var failedTopics map[string]error
 	if s.cfg.CreateTopics {
@@ -103,17 +99,17 @@ func (s *KafkaSink) Send(ctx context.Context, msgs []Message) []error {
 	return errs
 }
 
-// producer is a franz-go client and the count of records handed to it that
-// no batch waits for any more.
 // Reachable returns nil when a broker answers, and what went wrong
 // otherwise: a readiness probe's question, cheap enough to ask every second.
-func (s *KafkaSink) Reachable(ctx context.Context) error {
+func (s *Sink) Reachable(ctx context.Context) error {
 	if err := s.producer.client.Ping(ctx); err != nil {
 		return fmt.Errorf("no Kafka broker answers: %w", err)
 	}
 	return nil
 }
 
+// producer is a franz-go client and the count of records handed to it that
+// no batch waits for any more.
 type producer struct {
 	client *kgo.Client
 
@@ -147,7 +143,7 @@ type produced struct {
 // an event sent again can only repeat the earlier send, never overtake it,
 // and the records held through an outage stay bounded by one batch per
 // worker.
-func (p *producer) produce(ctx context.Context, msgs []Message, which []int, errs []error) {
+func (p *producer) produce(ctx context.Context, msgs []shipper.Message, which []int, errs []error) {
 	p.mu.Lock()
 	drained := p.drained
 	p.mu.Unlock()
@@ -254,7 +250,7 @@ func refusesRecord(err error) bool {
 // suspects not yet settled failed as they were, since a later event of a key
 // must not overtake an earlier one that may yet go through; so does the end
 // of ctx while waiting for another batch's search.
-func (s *KafkaSink) findRefused(ctx context.Context, msgs []Message, suspects []int, errs []error) {
+func (s *Sink) findRefused(ctx context.Context, msgs []shipper.Message, suspects []int, errs []error) {
 	select {
 	case s.probeTurn <- struct{}{}:
 		defer func() { <-s.probeTurn }()
@@ -278,7 +274,7 @@ func (s *KafkaSink) findRefused(ctx context.Context, msgs []Message, suspects []
 type refusalFinder struct {
 	ctx         context.Context
 	probe       *producer
-	msgs        []Message
+	msgs        []shipper.Message
 	errs        []error
 	attempts    map[int]int // failed sends of each suspect
 	firstFailed time.Time   // when the suspects first failed, together
@@ -315,7 +311,7 @@ func (f *refusalFinder) send(group []int) bool {
 		return goOn
 	case len(group) == 1:
 		i := group[0]
-		f.errs[i] = &RejectedError{Err: f.errs[i], Attempts: f.attempts[i], FirstFailedAt: f.firstFailed, LastFailedAt: failedAt}
+		f.errs[i] = &shipper.RejectedError{Err: f.errs[i], Attempts: f.attempts[i], FirstFailedAt: f.firstFailed, LastFailedAt: failedAt}
 		return true
 	}
 	return f.split(failed)
@@ -333,7 +329,7 @@ func explainProduceError(topic string, err error) error {
 
 // createMissingTopics creates the topics of msgs not yet known to exist and
 // returns those that could not be created, with the reason.
-func (s *KafkaSink) createMissingTopics(ctx context.Context, msgs []Message) map[string]error {
+func (s *Sink) createMissingTopics(ctx context.Context, msgs []shipper.Message) map[string]error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var missing []string
@@ -371,14 +367,14 @@ func (s *KafkaSink) createMissingTopics(ctx context.Context, msgs []Message) map
 	return failed
 }
 
-// Close implements Sink.
-func (s *KafkaSink) Close() {
+// Close implements shipper.Sink.
+func (s *Sink) Close() {
 	s.producer.client.Close()
 	s.probe.client.Close()
 }
 
 // appendRecordHeaders appends headers to dst as franz-go's record headers.
-func appendRecordHeaders(dst []kgo.RecordHeader, headers []Header) []kgo.RecordHeader {
+func appendRecordHeaders(dst []kgo.RecordHeader, headers []shipper.Header) []kgo.RecordHeader {
 	for _, h := range headers {
 		dst = append(dst, kgo.RecordHeader{Key: h.Key, Value: h.Value})
 	}

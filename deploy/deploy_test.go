@@ -28,6 +28,7 @@ import (
 	"github.com/pg2kafka/pg2kafka/internal/stream"
 	"github.com/pg2kafka/pg2kafka/outbox"
 	"github.com/pg2kafka/pg2kafka/shipper"
+	"github.com/pg2kafka/pg2kafka/shipper/kafka"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -192,11 +193,11 @@ func TestComposeExample(t *testing.T) {
 			t.Fatalf("no %s service", s)
 		}
 	}
-	kafka := obj(t, services, "kafka", "environment").(map[string]any)
-	if roles := kafka["KAFKA_PROCESS_ROLES"]; roles != "broker,controller" {
+	broker := obj(t, services, "kafka", "environment").(map[string]any)
+	if roles := broker["KAFKA_PROCESS_ROLES"]; roles != "broker,controller" {
 		t.Errorf("Kafka's process roles %v: want broker,controller (KRaft)", roles)
 	}
-	for name := range kafka {
+	for name := range broker {
 		if strings.Contains(strings.ToLower(name), "zookeeper") {
 			t.Errorf("Kafka is configured for ZooKeeper (%s); KRaft needs none", name)
 		}
@@ -214,8 +215,8 @@ func TestComposeExample(t *testing.T) {
 	if db := env["DATABASE_URL"].(string); !strings.Contains(db, "@postgres:5432/") {
 		t.Errorf("DATABASE_URL %q does not name the postgres service", db)
 	}
-	if k := env["KAFKA_PRODUCER_URL"].(string); !strings.Contains(kafka["KAFKA_ADVERTISED_LISTENERS"].(string), strings.TrimPrefix(k, "kafka://")) {
-		t.Errorf("KAFKA_PRODUCER_URL %q is not what Kafka advertises (%v)", k, kafka["KAFKA_ADVERTISED_LISTENERS"])
+	if k := env["KAFKA_PRODUCER_URL"].(string); !strings.Contains(broker["KAFKA_ADVERTISED_LISTENERS"].(string), strings.TrimPrefix(k, "kafka://")) {
+		t.Errorf("KAFKA_PRODUCER_URL %q is not what Kafka advertises (%v)", k, broker["KAFKA_ADVERTISED_LISTENERS"])
 	}
 	if ports := obj(t, services, "pg2kafka", "ports").([]any); !slices.Contains(ports, any("8080:8080")) || env["HTTP_ADDR"] != ":8080" {
 		t.Errorf("pg2kafka's listener (%v) is not published on 8080 (%v)", env["HTTP_ADDR"], ports)
@@ -313,7 +314,7 @@ func scrape(t *testing.T) map[string]string {
 	defer cluster.Close()
 	hub := stream.NewHub(0)
 	stats := httpserver.NewStats(hub)
-	sink, err := shipper.NewKafkaSink(shipper.KafkaConfig{}, kgo.SeedBrokers(cluster.ListenAddrs()...), kgo.WithHooks(stats.KafkaHooks()))
+	sink, err := kafka.New(kafka.Config{Brokers: cluster.ListenAddrs()}, kgo.WithHooks(stats.KafkaHooks()))
 	if err != nil {
 		t.Fatal(err)
 	}

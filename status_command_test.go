@@ -138,3 +138,23 @@ needs attention:
   - pg2kafka is not installed in this database: run pg2kafka migrate (or start with PERFORM_MIGRATIONS=true)
 `, "VERSION", fmt.Sprint(outbox.LatestVersion())), "pg2kafka: needs attention: pg2kafka is not installed in this database: run pg2kafka migrate (or start with PERFORM_MIGRATIONS=true)\n")
 }
+
+func TestStatusCommandOnAnEmptyQueue(t *testing.T) {
+	t.Parallel()
+	pool, url := migratedDatabase(t)
+	mustExec(t, pool, `CREATE TABLE orders (id int PRIMARY KEY)`, `SELECT pg2kafka.setup('orders', 'id')`)
+	got := runCommand(t, map[string]string{"DATABASE_URL": url}, "status")
+	want := strings.ReplaceAll(`schema:       version VERSION (this pg2kafka needs VERSION)
+queued:       0 events
+dead letters: 0
+
+tables (1 tracked):
+  TABLE          KEY  QUEUED  OLDEST  DEAD  BACKFILL  OPTIONS
+  public.orders  id   0       -       0     -         -
+
+shippers:     0 connections, owning 0 of 64 lanes
+
+healthy
+`, "VERSION", fmt.Sprint(outbox.LatestVersion()))
+	got.require(t, 0, want, "")
+}

@@ -221,6 +221,7 @@ func (s *Status) read(ctx context.Context, tx pgx.Tx) error {
 	err := tx.QueryRow(ctx, oldestEventSQL).Scan(&oldest.ID, &oldest.Table, &oldest.CreatedAt, &age)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
+		err = nil // empty
 	case err != nil:
 		return err
 	default:

@@ -47,7 +47,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	port := fs.Int("port", 9092, "port to listen on, on 127.0.0.1; 0 picks any free port")
 	dataDir := fs.String("data-dir", "", "directory to persist topics and records in; empty keeps everything in memory")
 	partitions := fs.Int("partitions", 3, "number of partitions for new topics")
-	autoCreate := fs.Bool("auto-create", true, "create topics on first use")
+	autoCreate := fs.Bool("auto-create", true, "create a topic when a client's metadata request asks for it (kcat's, or franz-go's with AllowAutoTopicCreation; pg2kafka never asks, and creates its topics with KAFKA_CREATE_TOPICS=true)")
 	topics := fs.String("topics", "", "comma-separated topics to create at start")
 	maxMessageBytes := fs.Int("max-message-bytes", 0, "broker message.max.bytes; 0 keeps kfake's default")
 	if err := fs.Parse(args); err != nil {
@@ -96,7 +96,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	addr := cluster.ListenAddrs()[0]
 	fmt.Fprintln(stdout, addr)
-	fmt.Fprintf(stderr, "devkafka: listening on %s (partitions=%d auto_create=%t data_dir=%q topics=%q); stop with Ctrl-C\n",
+	// auto_create answers only clients whose metadata requests ask for it,
+	// and pg2kafka's never do: say what makes pg2kafka ship here.
+	fmt.Fprintf(stderr, "devkafka: listening on %s (partitions=%d auto_create=%t data_dir=%q topics=%q); "+
+		"pg2kafka ships here with KAFKA_CREATE_TOPICS=true, or to topics named in -topics; stop with Ctrl-C\n",
 		addr, *partitions, *autoCreate, *dataDir, *topics)
 
 	<-ctx.Done()

@@ -1,6 +1,7 @@
 package outbox
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -65,6 +66,7 @@ type Claimer struct {
 	lanes       []int32 // owned, ascending
 	uuids       eventUUIDs
 	scratch     scanScratch
+	low         lowWater
 }
 
 // NewClaimer returns a claimer for q; it connects on first use. Its lanes
@@ -213,6 +215,10 @@ func (c *Claimer) Rebalance(ctx context.Context) (balanced bool, err error) {
 			return false, fmt.Errorf("outbox: take lanes: %w", err)
 		}
 		c.logger.Debug("took lanes", slog.Any("lanes", got), slog.Int("shippers", members))
+		if len(got) > 0 {
+			// Events of the new lanes may lie anywhere below the low-water ids.
+			c.low.reset()
+		}
 		c.lanes = append(c.lanes, got...)
 		slices.Sort(c.lanes)
 		free = free[len(got):]
@@ -225,34 +231,46 @@ func (c *Claimer) Rebalance(ctx context.Context) (balanced bool, err error) {
 }
 
 // claimSQL claims the oldest events of the given lanes (all lanes when $2 is
-// null) outside the tables in $3/$4, deleting them in the claim itself: the
-// delete is undone by a rollback if the destination does not acknowledge
-// them, and committed if it does, so each event is written once more to be
-// shipped, not twice (lock, then delete). SKIP LOCKED keeps a claim from
-// waiting on rows another session has locked.
+// null) from id $5 on, outside the tables in $3/$4, deleting them in the
+// claim itself: the delete is undone by a rollback if the destination does
+// not acknowledge them, and committed if it does, so each event is written
+// once more to be shipped, not twice (lock, then delete). SKIP LOCKED keeps a
+// claim from waiting on rows another session has locked. Every row, and the
+// one row of an empty claim, carries the xmin and xmax of the snapshot the
+// claim read with, which move the low-water id (lowwater.go).
 const claimSQL = `
-WITH claimed AS (
+WITH snap AS MATERIALIZED (
+    SELECT pg_snapshot_xmin(s)::text::int8 AS xmin, pg_snapshot_xmax(s)::text::int8 AS xmax
+    FROM pg_current_snapshot() AS s
+), claimed AS (
     SELECT id FROM pg2kafka.outbound_event_queue
-    WHERE ($2::int4[] IS NULL OR (hashtext(coalesce(external_id, '')) & 63) = ANY($2::int4[]))
+    WHERE id >= $5
+      AND ($2::int4[] IS NULL OR (hashtext(coalesce(external_id, '')) & 63) = ANY($2::int4[]))
       AND ($3::text[] IS NULL OR (table_schema, table_name) NOT IN (SELECT * FROM unnest($3::text[], $4::text[])))
     ORDER BY id
     LIMIT $1
     FOR UPDATE SKIP LOCKED
+), deleted AS (
+    DELETE FROM pg2kafka.outbound_event_queue AS q
+    USING claimed
+    WHERE q.id = claimed.id
+    RETURNING q.id, q.uuid, q.external_id, q.table_schema, q.table_name, q.statement, q.data, q.created_at, q.old, q.topic
 )
-DELETE FROM pg2kafka.outbound_event_queue AS q
-USING claimed
-WHERE q.id = claimed.id
-RETURNING q.id, q.uuid, q.external_id, q.table_schema, q.table_name, q.statement, q.data, q.created_at, q.old, q.topic`
+SELECT snap.xmin, snap.xmax, d.* FROM snap LEFT JOIN deleted AS d ON true`
 
-// scanEvent scans a row of claimSQL's RETURNING list, in its order, and
-// gives an event queued without a uuid its derived one. It is written out,
+// scanEvent scans a row of claimSQL's result, in its order, and gives an
+// event queued without a uuid its derived one; it reports false for the row
+// of an empty claim, which carries only the snapshot. It is written out,
 // rather than left to pgx.RowToStructByName, because it runs for every event
 // and the reflection cost a quarter of the shipper's CPU; it scans into
 // reused targets because allocating them cost another tenth.
-func (c *Claimer) scanEvent(row pgx.CollectableRow) (Event, error) {
+func (c *Claimer) scanEvent(row pgx.Rows) (Event, bool, error) {
 	t := c.scratch.scanTargets()
+	if row.RawValues()[2] == nil {
+		return Event{}, false, row.Scan(append([]any{&t.xmin, &t.xmax}, make([]any, len(t.dests)-2)...)...)
+	}
 	if err := row.Scan(t.dests...); err != nil {
-		return Event{}, err
+		return Event{}, false, err
 	}
 	e := t.event // every target is overwritten by the next row's scan
 	e.TableSchema, e.TableName, e.Statement = c.scratch.intern(t.schema), c.scratch.intern(t.table), c.scratch.intern(t.statement)
@@ -262,7 +280,7 @@ func (c *Claimer) scanEvent(row pgx.CollectableRow) (Event, error) {
 	} else {
 		e.UUID = c.uuids.derive(e.ID, e.CreatedAt)
 	}
-	return e, nil
+	return e, true, nil
 }
 
 const deleteSQL = `DELETE FROM pg2kafka.outbound_event_queue WHERE id = ANY($1)`
@@ -274,6 +292,10 @@ type Batch struct {
 	Events []Event
 	tx     pgx.Tx
 	conn   *pgx.Conn
+	// low is where what the batch taught is learnt, once it is settled;
+	// nil after that.
+	low  *lowWater
+	scan scan
 }
 
 // Claim takes up to limit of the oldest events of the claimer's lanes,
@@ -287,24 +309,35 @@ func (c *Claimer) Claim(ctx context.Context, limit int, except []Table) (*Batch,
 	if len(c.lanes) == 0 {
 		return &Batch{}, nil
 	}
-	var lanes []int32 // nil: every lane, which needs no filter
-	if len(c.lanes) < Lanes {
-		lanes = c.lanes
+	now := time.Now()
+	if err := c.probe(ctx, now); err != nil {
+		return nil, err
 	}
-	var schemas, names []string
-	for _, t := range except {
-		schemas, names = append(schemas, t.Schema), append(names, t.Name)
+	if err := c.lookForWriters(ctx, now); err != nil {
+		return nil, err
 	}
+	from := c.low.start(c.conn, except, now)
+	lanes, schemas, names := c.claimArgs(except)
 	qctx, cancel := c.roundTrip(ctx)
 	defer cancel()
 	tx, err := c.conn.Begin(qctx)
 	if err != nil {
 		return nil, fmt.Errorf("outbox: claim: %w", err)
 	}
-	rows, err := tx.Query(qctx, claimSQL, limit, lanes, schemas, names)
-	var events []Event
+	rows, err := tx.Query(qctx, claimSQL, limit, lanes, schemas, names, from)
+	events := c.scratch.events[:0]
 	if err == nil {
-		events, err = pgx.AppendRows(c.scratch.events[:0], rows, c.scanEvent)
+		for err == nil && rows.Next() {
+			var e Event
+			var ok bool
+			if e, ok, err = c.scanEvent(rows); ok {
+				events = append(events, e)
+			}
+		}
+		rows.Close()
+		if err == nil {
+			err = rows.Err()
+		}
 	}
 	if err != nil {
 		_ = tx.Rollback(context.WithoutCancel(ctx))
@@ -313,8 +346,25 @@ func (c *Claimer) Claim(ctx context.Context, limit int, except []Table) (*Batch,
 	c.heard()
 	c.scratch.events = events
 	// RETURNING promises no order.
-	slices.SortFunc(events, func(a, b Event) int { return int(a.ID - b.ID) })
-	return &Batch{Events: events, tx: tx, conn: c.conn}, nil
+	slices.SortFunc(events, func(a, b Event) int { return cmp.Compare(a.ID, b.ID) })
+	var last int64
+	if len(events) > 0 {
+		last = events[len(events)-1].ID
+	}
+	t := c.scratch.scanTargets()
+	s := c.low.claimed(except, t.xmin, t.xmax, len(events), last, len(events) >= limit, time.Now())
+	return &Batch{Events: events, tx: tx, conn: c.conn, low: &c.low, scan: s}, nil
+}
+
+// claimArgs returns claimSQL's lanes and skipped tables.
+func (c *Claimer) claimArgs(except []Table) (lanes []int32, schemas, names []string) {
+	if len(c.lanes) < Lanes {
+		lanes = c.lanes // nil: every lane, which needs no filter
+	}
+	for _, t := range except {
+		schemas, names = append(schemas, t.Schema), append(names, t.Name)
+	}
+	return lanes, schemas, names
 }
 
 // Complete settles the batch once its destination has answered:
@@ -322,10 +372,11 @@ func (c *Claimer) Claim(ctx context.Context, limit int, except []Table) (*Batch,
 // deleted for good; deadLetters the events it refused for good, which move
 // to the dead-letter table in the same transaction; the others go back to
 // the queue.
-func (b *Batch) Complete(ctx context.Context, acknowledged []int64, deadLetters ...DeadLetter) error {
+func (b *Batch) Complete(ctx context.Context, acknowledged []int64, deadLetters ...DeadLetter) (err error) {
 	if b.tx == nil {
 		return nil
 	}
+	defer func() { b.settle(acknowledged, deadLetters, err == nil) }()
 	if len(deadLetters) > 0 {
 		return b.completeWithDeadLetters(ctx, acknowledged, deadLetters)
 	}
@@ -336,12 +387,12 @@ func (b *Batch) Complete(ctx context.Context, acknowledged []int64, deadLetters 
 		}
 		return nil
 	case 0:
-		return b.Rollback(ctx)
+		return b.rollback(ctx)
 	}
 	// Some failed. The claim deleted them all; undo it and delete only the
 	// acknowledged ones. The lanes are still this claimer's, so no other
 	// claim can take the released events in between.
-	if err := b.Rollback(ctx); err != nil {
+	if err := b.rollback(ctx); err != nil {
 		return err
 	}
 	if _, err := b.conn.Exec(ctx, deleteSQL, acknowledged); err != nil {
@@ -351,12 +402,39 @@ func (b *Batch) Complete(ctx context.Context, acknowledged []int64, deadLetters 
 }
 
 // Rollback returns every event of the batch to the queue.
-func (b *Batch) Rollback(ctx context.Context) error {
+func (b *Batch) Rollback(ctx context.Context) (err error) {
 	if b.tx == nil {
 		return nil
 	}
+	defer func() { b.settle(nil, nil, err == nil) }()
+	return b.rollback(ctx)
+}
+
+func (b *Batch) rollback(ctx context.Context) error {
 	if err := b.tx.Rollback(ctx); err != nil && !errors.Is(err, pgx.ErrTxClosed) {
 		return fmt.Errorf("outbox: release batch: %w", err)
 	}
 	return nil
+}
+
+// settle tells the claimer's low-water ids which of the batch's events are
+// gone for good: the acknowledged and the dead-lettered ones, if ok.
+func (b *Batch) settle(acknowledged []int64, deadLetters []DeadLetter, ok bool) {
+	if b.low == nil {
+		return
+	}
+	low := b.low
+	b.low = nil
+	if len(acknowledged)+len(deadLetters) == len(b.Events) {
+		low.settled(b.scan, b.Events, func(int) bool { return false }, ok)
+		return
+	}
+	gone := make(map[int64]bool, len(acknowledged)+len(deadLetters))
+	for _, id := range acknowledged {
+		gone[id] = true
+	}
+	for _, l := range deadLetters {
+		gone[l.ID] = true
+	}
+	low.settled(b.scan, b.Events, func(i int) bool { return !gone[b.Events[i].ID] }, ok)
 }

@@ -50,7 +50,7 @@ SELECT * FROM moved`
 // events and moves the refused ones. The lanes are still this claimer's, so
 // no other claim can take those events in between.
 func (b *Batch) completeWithDeadLetters(ctx context.Context, acknowledged []int64, letters []DeadLetter) error {
-	if err := b.Rollback(ctx); err != nil {
+	if err := b.rollback(ctx); err != nil {
 		return err
 	}
 	ids := make([]int64, len(letters))

@@ -1,5 +1,50 @@
 package outbox
 
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// SetProbeInterval shortens how long a claimer whose claims find nothing
+// waits before it asks the id sequence again, so that a test need not wait.
+func (c *Claimer) SetProbeInterval(d time.Duration) { c.low.probeGap = d }
+
+// ExplainClaim runs the claim that Claim(limit, except) would run now, or
+// the same claim from the head of the queue, under EXPLAIN (ANALYZE,
+// BUFFERS) in a transaction it rolls back, and returns how many shared
+// buffers it touched: the claim's cost, free of the machine's speed.
+func (c *Claimer) ExplainClaim(ctx context.Context, limit int, except []Table, fromHead bool) (int64, error) {
+	if err := c.connect(ctx); err != nil {
+		return 0, err
+	}
+	from := c.low.from(except)
+	if c.low.conn != c.conn || fromHead {
+		from = 0
+	}
+	lanes, schemas, names := c.claimArgs(except)
+	tx, err := c.conn.Begin(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	var out []byte
+	if err := tx.QueryRow(ctx, `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) `+claimSQL, limit, lanes, schemas, names, from).Scan(&out); err != nil {
+		return 0, fmt.Errorf("explain the claim: %w", err)
+	}
+	var plans []struct {
+		Plan struct {
+			Hit  int64 `json:"Shared Hit Blocks"`
+			Read int64 `json:"Shared Read Blocks"`
+		}
+	}
+	if err := json.Unmarshal(out, &plans); err != nil || len(plans) != 1 {
+		return 0, fmt.Errorf("read the claim's plan %s: %v", out, err)
+	}
+	return plans[0].Plan.Hit + plans[0].Plan.Read, nil
+}
+
 // WithoutIdleSessionTimeout makes c treat its server as one without
 // idle_session_timeout, as Postgres 13 is.
 func WithoutIdleSessionTimeout(c *Claimer) { c.bounds.withoutIdleSessionTimeout = true }

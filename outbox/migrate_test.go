@@ -59,7 +59,8 @@ const appliedAll = "level=INFO msg=\"applied migration\" version=1 file=00001_ou
 	"level=INFO msg=\"applied migration\" version=6 file=00006_lean_trigger.sql\n" +
 	"level=INFO msg=\"applied migration\" version=7 file=00007_status_reads.sql\n" +
 	"level=INFO msg=\"applied migration\" version=8 file=00008_full_row.sql\n" +
-	"level=INFO msg=\"applied migration\" version=9 file=00009_setup_notice.sql\n"
+	"level=INFO msg=\"applied migration\" version=9 file=00009_setup_notice.sql\n" +
+	"level=INFO msg=\"applied migration\" version=10 file=00010_claim_sequence.sql\n"
 
 type gooseVersion struct {
 	VersionID int64 `db:"version_id"`
@@ -68,7 +69,7 @@ type gooseVersion struct {
 
 // allVersions is what Goose's version table holds once every migration is
 // applied.
-var allVersions = []gooseVersion{{0, true}, {1, true}, {2, true}, {3, true}, {4, true}, {5, true}, {6, true}, {7, true}, {8, true}, {9, true}}
+var allVersions = []gooseVersion{{0, true}, {1, true}, {2, true}, {3, true}, {4, true}, {5, true}, {6, true}, {7, true}, {8, true}, {9, true}, {10, true}}
 
 // requireVersions fails the test unless Goose's version table holds want.
 func requireVersions(t *testing.T, ctx context.Context, pool *pgxpool.Pool, want ...gooseVersion) {

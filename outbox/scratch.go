@@ -26,6 +26,7 @@ type scanScratch struct {
 // row, and copied or interned from there.
 type scanTargets struct {
 	event                          Event
+	xmin, xmax                     int64
 	uuid                           pgtype.UUID
 	schema, table, statement, data pgtype.DriverBytes
 	dests                          []any
@@ -35,7 +36,7 @@ func (s *scanScratch) scanTargets() *scanTargets {
 	if s.targets == nil {
 		t := &scanTargets{}
 		e := &t.event
-		t.dests = []any{&e.ID, &t.uuid, &e.ExternalID, &t.schema, &t.table, &t.statement, &t.data, &e.CreatedAt, &e.Old, &e.Topic}
+		t.dests = []any{&t.xmin, &t.xmax, &e.ID, &t.uuid, &e.ExternalID, &t.schema, &t.table, &t.statement, &t.data, &e.CreatedAt, &e.Old, &e.Topic}
 		s.targets = t
 	}
 	return s.targets

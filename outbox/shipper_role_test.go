@@ -31,6 +31,7 @@ var shipperPrivileges = []string{
 	"SELECT ON pg2kafka.goose_db_version",
 	"SELECT ON pg2kafka.installation",
 	"SELECT ON pg2kafka.outbound_event_queue",
+	"SELECT ON pg2kafka.outbound_event_queue_id_seq",
 	"SELECT ON pg2kafka.tracked_tables",
 	"UPDATE (id) ON pg2kafka.outbound_event_queue",
 	"USAGE ON SCHEMA pg2kafka",

@@ -396,6 +396,7 @@ BEGIN
     END IF;
     GRANT USAGE ON SCHEMA pg2kafka TO pg2kafka_shipper;
     GRANT SELECT, DELETE, UPDATE (id) ON pg2kafka.outbound_event_queue TO pg2kafka_shipper;
+    GRANT SELECT ON SEQUENCE pg2kafka.outbound_event_queue_id_seq TO pg2kafka_shipper;
     GRANT INSERT ON pg2kafka.dead_letter_events TO pg2kafka_shipper;
     GRANT SELECT ON pg2kafka.installation TO pg2kafka_shipper;
     GRANT SELECT ON pg2kafka.goose_db_version TO pg2kafka_shipper;
@@ -726,6 +727,7 @@ COMMENT ON FUNCTION pg2kafka.event_uuid(bigint,timestamp with time zone) IS 'The
 -- GRANTS
 
 GRANT USAGE ON SCHEMA pg2kafka TO pg2kafka_shipper;
+GRANT SELECT ON SEQUENCE pg2kafka.outbound_event_queue_id_seq TO pg2kafka_shipper;
 GRANT INSERT, SELECT (table_name), SELECT (table_schema) ON TABLE pg2kafka.dead_letter_events TO pg2kafka_shipper;
 GRANT SELECT ON TABLE pg2kafka.goose_db_version TO pg2kafka_shipper;
 GRANT SELECT ON TABLE pg2kafka.installation TO pg2kafka_shipper;
@@ -735,4 +737,4 @@ GRANT EXECUTE ON FUNCTION pg2kafka.event_uuid(bigint,timestamp with time zone) T
 
 -- MIGRATIONS APPLIED
 
--- goose version 9
+-- goose version 10

@@ -1,0 +1,64 @@
+package outbox_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pg2kafka/pg2kafka/outbox"
+)
+
+func TestOldestHorizonNamesTheSessionHoldingIt(t *testing.T) {
+	t.Parallel()
+	b := setup(t,
+		`CREATE TABLE items (id int PRIMARY KEY)`,
+		`SELECT pg2kafka.setup('items', 'id')`,
+	)
+	cfg, err := pgx.ParseConfig(b.connString)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.RuntimeParams["application_name"] = "nightly-dump"
+	dump, err := pgx.ConnectConfig(b.ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = dump.Close(context.Background()) })
+	if _, err := dump.Exec(b.ctx, `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`); err != nil {
+		t.Fatal(err)
+	}
+	var pid int32
+	var began time.Time
+	if err := dump.QueryRow(b.ctx, `SELECT pg_backend_pid(), now()`).Scan(&pid, &began); err != nil {
+		t.Fatal(err)
+	}
+
+	b.exec(t, `INSERT INTO items SELECT generate_series(1, 500)`)
+	s := &shipper{c: b.claimer(t)}
+	rebalance(t, s.c)
+	s.drain(t, 1000)
+
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		h, err := outbox.OldestHorizon(b.ctx, b.pool)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.Holder != "session" || h.PID != pid || h.Name != "nightly-dump" || h.State != "idle in transaction" || !h.Since.Equal(began) {
+			t.Fatalf("oldest horizon %+v, want the session %d nightly-dump, idle in transaction since %s", h, pid, began)
+		}
+		if age := h.Age(time.Now()); age <= 0 || age > time.Minute {
+			t.Fatalf("age %s, want the snapshot's, under a minute", age)
+		}
+		// Postgres counts the dead rows a moment after the deletes.
+		if h.DeadRows >= 500 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the queue has %d dead rows, want the 500 shipped", h.DeadRows)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

@@ -241,6 +241,8 @@ func (c *Claimer) probe(ctx context.Context, now time.Time) error {
 		return nil
 	}
 	w.probedAt = now
+	ctx, cancel := c.roundTrip(ctx)
+	defer cancel()
 	var last, xid int64
 	err := c.conn.QueryRow(ctx, lastIDSQL).Scan(&last)
 	if err == nil && last < w.flow {
@@ -258,6 +260,7 @@ func (c *Claimer) probe(ctx context.Context, now time.Time) error {
 	if err != nil {
 		return fmt.Errorf("outbox: read the queue's id sequence: %w", err)
 	}
+	c.heard()
 	w.cand = candidate{id: last + 1, bound: xid}
 	return nil
 }
@@ -299,8 +302,11 @@ func (c *Claimer) lookForWriters(ctx context.Context, now time.Time) error {
 		return nil
 	}
 	w.lookedAt = now
+	ctx, cancel := c.roundTrip(ctx)
+	defer cancel()
 	if err := c.conn.QueryRow(ctx, writersGoneSQL, w.cand.bound, memberLockKey).Scan(&w.cleared); err != nil {
 		return fmt.Errorf("outbox: look for the queue's writers: %w", err)
 	}
+	c.heard()
 	return nil
 }

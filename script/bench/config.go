@@ -22,9 +22,10 @@ const (
 	// sectionWebhook and sectionRabbitMQ measure those destinations.
 	sectionWebhook  = "webhook"
 	sectionRabbitMQ = "rabbitmq"
+	sectionPinned   = "pinned"
 )
 
-var allSections = []string{sectionRaw, sectionDrain, sectionLatency, sectionWrite, sectionScaling, sectionWebhook, sectionRabbitMQ, sectionFormats}
+var allSections = []string{sectionRaw, sectionDrain, sectionLatency, sectionWrite, sectionScaling, sectionWebhook, sectionRabbitMQ, sectionFormats, sectionPinned}
 
 // config is the suite's settings, read once from the flags.
 type config struct {
@@ -43,6 +44,7 @@ type config struct {
 	Scaling     scalingConfig `json:"scaling"`
 	Webhook     webhookConfig `json:"webhook"`
 	RabbitMQ    rabbitConfig  `json:"rabbitmq"`
+	Pinned      pinnedConfig  `json:"pinned"`
 	Compression []string      `json:"compression_codecs"`
 	CPUProfile  string        `json:"cpu_profile,omitempty"`
 
@@ -72,6 +74,13 @@ type rabbitConfig struct {
 	Events int    `json:"events"`
 }
 
+type pinnedConfig struct {
+	Events     int          `json:"events"`
+	Backlog    int          `json:"backlog"`
+	Rate       int          `json:"rate"`
+	IdleWindow jsonDuration `json:"idle_window"`
+}
+
 type scalingConfig struct {
 	BatchSizes []int `json:"batch_sizes"`
 	EventSizes []int `json:"event_sizes"`
@@ -86,7 +95,7 @@ func (d jsonDuration) MarshalText() ([]byte, error) { return []byte(time.Duratio
 func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	cfg := &config{args: args}
 	var only, batchSizes, eventSizes, codecs string
-	var timeout, latencyDuration, writeDuration, webhookLatency time.Duration
+	var timeout, latencyDuration, writeDuration, webhookLatency, idleWindow time.Duration
 
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -118,6 +127,10 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&batchSizes, "batch-sizes", "500,1000,5000", "comma-separated batch sizes of the scaling section")
 	fs.StringVar(&eventSizes, "event-sizes", "200,2048,20480", "comma-separated event sizes in bytes of the scaling section")
 	fs.IntVar(&cfg.Scaling.MaxMB, "scale-mb", 200, "most megabytes of event data one event-size scaling run moves (fewer events for bigger ones)")
+	fs.IntVar(&cfg.Pinned.Events, "pinned-events", 1_000_000, "events the pinned section ships while a snapshot is held, before measuring")
+	fs.IntVar(&cfg.Pinned.Backlog, "pinned-backlog", 200_000, "backlog the pinned section drains in each phase")
+	fs.IntVar(&cfg.Pinned.Rate, "pinned-rate", 1000, "commits per second of the pinned section's latency runs, each -latency-duration long")
+	fs.DurationVar(&idleWindow, "idle-window", 10*time.Second, "how long the pinned section measures pg2kafka's CPU while it is idle")
 	fs.StringVar(&codecs, "compression-codecs", "none,snappy,lz4,zstd", "codecs to drain with, each a full drain of -events, if pg2kafka has a compression setting")
 	fs.IntVar(&cfg.Webhook.Events, "webhook-events", 100_000, "events queued for each of the webhook section's drains (batch 1 and batch 100)")
 	fs.DurationVar(&webhookLatency, "webhook-latency-duration", 10*time.Second, "length of the webhook section's run at 1,000 commits/s")
@@ -134,8 +147,9 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	fs.Visit(func(f *flag.Flag) { cfg.flagsSet[f.Name] = true })
 
 	if cfg.Quick {
-		cfg.quicken(&timeout, &latencyDuration, &writeDuration, &webhookLatency)
+		cfg.quicken(&timeout, &latencyDuration, &writeDuration, &webhookLatency, &idleWindow)
 	}
+	cfg.Pinned.IdleWindow = jsonDuration(idleWindow)
 	cfg.Timeout = jsonDuration(timeout)
 	cfg.Latency.Duration = jsonDuration(latencyDuration)
 	cfg.Write.Duration = jsonDuration(writeDuration)
@@ -156,7 +170,7 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 }
 
 // quicken shrinks the settings not given explicitly.
-func (c *config) quicken(timeout, latencyDuration, writeDuration, webhookLatency *time.Duration) {
+func (c *config) quicken(timeout, latencyDuration, writeDuration, webhookLatency, idleWindow *time.Duration) {
 	set := func(name string, apply func()) {
 		if !c.flagsSet[name] {
 			apply()
@@ -171,6 +185,9 @@ func (c *config) quicken(timeout, latencyDuration, writeDuration, webhookLatency
 	set("webhook-events", func() { c.Webhook.Events = 10_000 })
 	set("webhook-latency-duration", func() { *webhookLatency = 5 * time.Second })
 	set("rabbitmq-events", func() { c.RabbitMQ.Events = 10_000 })
+	set("pinned-events", func() { c.Pinned.Events = 50_000 })
+	set("pinned-backlog", func() { c.Pinned.Backlog = 20_000 })
+	set("idle-window", func() { *idleWindow = 3 * time.Second })
 }
 
 var (
@@ -198,6 +215,9 @@ func (c *config) validate() error {
 		{"-scale-mb", c.Scaling.MaxMB},
 		{"-webhook-events", c.Webhook.Events},
 		{"-rabbitmq-events", c.RabbitMQ.Events},
+		{"-pinned-events", c.Pinned.Events},
+		{"-pinned-backlog", c.Pinned.Backlog},
+		{"-pinned-rate", c.Pinned.Rate},
 	}
 	for _, p := range positive {
 		if p.value < 1 {
@@ -208,8 +228,8 @@ func (c *config) validate() error {
 		// The name also names the topics, so it is kept to what needs no quoting anywhere.
 		return fmt.Errorf("-db %q: must be lower-case letters, digits and underscores, not starting with a digit", c.Database)
 	}
-	if c.Timeout <= 0 || c.Latency.Duration <= 0 || c.Write.Duration <= 0 {
-		return errors.New("-timeout, -latency-duration and -write-duration must be positive")
+	if c.Timeout <= 0 || c.Latency.Duration <= 0 || c.Write.Duration <= 0 || c.Pinned.IdleWindow <= 0 {
+		return errors.New("-timeout, -latency-duration, -write-duration and -idle-window must be positive")
 	}
 	for _, kv := range c.ShipperEnv {
 		key, _, ok := strings.Cut(kv, "=")

@@ -15,7 +15,9 @@
 //     Go client posting the same bodies, and commit→receipt latency at
 //     1,000/s;
 //  7. rabbitmq: events/s with publisher confirms beside a bare amqp091-go
-//     publisher with confirms.
+//     publisher with confirms;
+//  8. pinned:  idle cost, empty claims, latency and drain rate with and
+//     without a snapshot held open beside pg2kafka (pg_dump, a report).
 //
 // It prints a markdown table with the targets to stdout, writes the
 // details as JSON to -report, and logs progress to stderr:
@@ -144,6 +146,7 @@ func (b *bench) runSections(ctx context.Context) error {
 		sectionWebhook:  b.runWebhook,
 		sectionRabbitMQ: b.runRabbitMQ,
 		sectionFormats:  b.runFormats,
+		sectionPinned:   b.runPinned,
 	}
 	for _, name := range b.cfg.Sections {
 		b.log.Info("section", "name", name)

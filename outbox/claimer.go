@@ -310,13 +310,14 @@ func (c *Claimer) Claim(ctx context.Context, limit int, except []Table) (*Batch,
 		return &Batch{}, nil
 	}
 	now := time.Now()
+	c.low.begin(c.conn, except, now)
 	if err := c.probe(ctx, now); err != nil {
 		return nil, err
 	}
 	if err := c.lookForWriters(ctx, now); err != nil {
 		return nil, err
 	}
-	from := c.low.start(c.conn, except, now)
+	from := c.low.from(except)
 	lanes, schemas, names := c.claimArgs(except)
 	qctx, cancel := c.roundTrip(ctx)
 	defer cancel()

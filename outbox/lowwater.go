@@ -74,8 +74,11 @@ type lowWater struct {
 	cleared  bool
 	lookedAt time.Time
 	lastXmin int64
-	// lastEmpty is whether the last claim found nothing.
+	// lastEmpty is whether the last claim found nothing; fresh whether the
+	// low-water ids were just sent back to the head. Either calls for a
+	// probe, if there is no candidate.
 	lastEmpty bool
+	fresh     bool
 	probedAt  time.Time
 	probeGap  time.Duration // probeInterval unless a test says otherwise
 	noProbe   bool          // the probe is not allowed (an old grant); claims still advance
@@ -109,10 +112,12 @@ type scan struct {
 	lift int64
 }
 
-// start returns the id the next claim, skipping except, starts from.
-func (w *lowWater) start(conn *pgx.Conn, except []Table, now time.Time) int64 {
+// begin readies the low-water ids for a claim skipping except: over a new
+// connection it starts over, and so it does when the safety net is due;
+// skipped tables get low-water ids of their own.
+func (w *lowWater) begin(conn *pgx.Conn, except []Table, now time.Time) {
 	if w.conn != conn {
-		*w = lowWater{conn: conn, probeGap: w.probeGap, resetAt: now.Add(minResetInterval)}
+		*w = lowWater{conn: conn, probeGap: w.probeGap, resetAt: now.Add(minResetInterval), fresh: true}
 	}
 	if now.After(w.resetAt) {
 		w.reset()
@@ -126,7 +131,6 @@ func (w *lowWater) start(conn *pgx.Conn, except []Table, now time.Time) int64 {
 			w.tables[t] = w.flow
 		}
 	}
-	return w.from(except)
 }
 
 // from is the lowest low-water id of the tables a claim skipping except reads.
@@ -143,7 +147,7 @@ func (w *lowWater) from(except []Table) int64 {
 // reset sends every low-water id back to the head of the queue. The
 // candidate stays: it is about ids and transactions, not about lanes.
 func (w *lowWater) reset() {
-	w.flow = 0
+	w.flow, w.fresh = 0, true
 	for t := range w.tables {
 		w.tables[t] = 0
 	}
@@ -172,7 +176,7 @@ func (w *lowWater) claimed(except []Table, xmin, xmax int64, n int, last int64, 
 			s.lift = min(s.lift, last+1)
 		}
 	}
-	w.lastEmpty = n == 0
+	w.lastEmpty, w.fresh = n == 0, false
 	return s
 }
 
@@ -229,15 +233,23 @@ func (w *lowWater) settled(s scan, events []Event, failed func(int) bool, ok boo
 // probeSQL reads how far event ids have been handed out, then takes a
 // transaction id, in that order: it is past the writer of every id read.
 // The statement ends at once, so the bound is known at once.
-const probeSQL = `SELECT s.last_value, pg_current_xact_id()::text::int8 FROM pg2kafka.outbound_event_queue_id_seq AS s`
+const probeSQL = `
+SELECT CASE WHEN s.is_called THEN s.last_value ELSE s.last_value - 1 END, pg_current_xact_id()::text::int8
+FROM pg2kafka.outbound_event_queue_id_seq AS s`
 
-const lastIDSQL = `SELECT last_value FROM pg2kafka.outbound_event_queue_id_seq`
+// lastIDSQL is the last id handed out; a sequence that has handed out none
+// holds the first it will.
+const lastIDSQL = `SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM pg2kafka.outbound_event_queue_id_seq`
 
-// probe gives a claimer whose claims find nothing a candidate from the id
-// sequence, when ids were handed out beyond its low-water id since.
+// probe gives a claimer whose claims find nothing, or which has just started
+// over from the head, a candidate from the id sequence, when ids were handed
+// out beyond its low-water id since. A claimer that starts over behind a
+// long run of dead rows or of a paused table's events thus walks it once,
+// not until its own claims have made a candidate and a later one confirmed
+// it.
 func (c *Claimer) probe(ctx context.Context, now time.Time) error {
 	w := &c.low
-	if w.noProbe || w.cand.id != 0 || !w.lastEmpty || now.Sub(w.probedAt) < cmp.Or(w.probeGap, probeInterval) {
+	if w.noProbe || w.cand.id != 0 || !(w.lastEmpty || w.fresh) || (!w.fresh && now.Sub(w.probedAt) < cmp.Or(w.probeGap, probeInterval)) {
 		return nil
 	}
 	w.probedAt = now

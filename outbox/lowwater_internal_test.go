@@ -12,7 +12,7 @@ func TestLowWaterKeepsEventsSentBackBelowIt(t *testing.T) {
 	ev := func(id int64, t Table) Event { return Event{ID: id, TableSchema: t.Schema, TableName: t.Name} }
 	now := time.Now()
 	var w lowWater
-	w.start(nil, nil, now)
+	w.begin(nil, nil, now)
 	// A probe found ids handed out up to 99; their writers ended before
 	// transaction 500.
 	w.cand = candidate{id: 100, bound: 500}

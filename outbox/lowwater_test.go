@@ -308,3 +308,55 @@ func TestEventsSentBackAreClaimedAgainAfterLaterOnesShipped(t *testing.T) {
 		t.Fatalf("resumed, claimed %v, want the events of items sent back %v", got, want[:5])
 	}
 }
+
+func TestTheFirstEventsOfANewQueueAreClaimed(t *testing.T) {
+	t.Parallel()
+	b := setup(t,
+		`CREATE TABLE items (id int PRIMARY KEY)`,
+		`SELECT pg2kafka.setup('items', 'id')`,
+	)
+	s := &shipper{c: b.claimer(t)}
+	s.c.SetProbeInterval(time.Millisecond)
+	rebalance(t, s.c)
+	// Idle polls of a queue that has never held an event, probes included.
+	for range 5 {
+		s.drain(t, 100)
+		time.Sleep(2 * time.Millisecond)
+	}
+	b.exec(t, `INSERT INTO items SELECT generate_series(1, 3)`)
+	s.drain(t, 100)
+	if got := ids(s.shipped); !slices.Equal(got, []int64{1, 2, 3}) {
+		t.Fatalf("claimed %v, want the queue's first events [1 2 3]", got)
+	}
+}
+
+func TestGainedLanesAreClaimedFromTheHead(t *testing.T) {
+	t.Parallel()
+	b := setup(t,
+		`CREATE TABLE items (id int PRIMARY KEY)`,
+		`SELECT pg2kafka.setup('items', 'id')`,
+	)
+	a, other := b.claimer(t), b.claimer(t)
+	a.SetProbeInterval(time.Millisecond)
+	converge(t, a, other)
+
+	// a ships its lanes' events while other's wait, and moves past them.
+	sa := &shipper{c: a}
+	for i := range 3 {
+		b.exec(t, fmt.Sprintf(`INSERT INTO items SELECT generate_series(%d, %d)`, 100*i+1, 100*i+100))
+		sa.drain(t, 1000)
+	}
+	waiting := b.idsInLanes(t, other.Lanes())
+	if len(waiting) == 0 {
+		t.Fatal("no events in the other claimer's lanes")
+	}
+
+	// other leaves; a takes its lanes and must find their events.
+	other.Close(t.Context())
+	converge(t, a)
+	sa.shipped = nil
+	sa.drain(t, 1000)
+	if got := ids(sa.shipped); !slices.Equal(got, waiting) {
+		t.Fatalf("after taking the lanes claimed %d events %v…, want the %d waiting %v…", len(got), head(got), len(waiting), head(waiting))
+	}
+}

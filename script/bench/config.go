@@ -23,9 +23,10 @@ const (
 	sectionWebhook  = "webhook"
 	sectionRabbitMQ = "rabbitmq"
 	sectionPinned   = "pinned"
+	sectionPaused   = "paused"
 )
 
-var allSections = []string{sectionRaw, sectionDrain, sectionLatency, sectionWrite, sectionScaling, sectionWebhook, sectionRabbitMQ, sectionFormats, sectionPinned}
+var allSections = []string{sectionRaw, sectionDrain, sectionLatency, sectionWrite, sectionScaling, sectionWebhook, sectionRabbitMQ, sectionFormats, sectionPinned, sectionPaused}
 
 // config is the suite's settings, read once from the flags.
 type config struct {
@@ -45,6 +46,7 @@ type config struct {
 	Webhook     webhookConfig `json:"webhook"`
 	RabbitMQ    rabbitConfig  `json:"rabbitmq"`
 	Pinned      pinnedConfig  `json:"pinned"`
+	Paused      pausedConfig  `json:"paused"`
 	Compression []string      `json:"compression_codecs"`
 	CPUProfile  string        `json:"cpu_profile,omitempty"`
 
@@ -79,6 +81,11 @@ type pinnedConfig struct {
 	Backlog    int          `json:"backlog"`
 	Rate       int          `json:"rate"`
 	IdleWindow jsonDuration `json:"idle_window"`
+}
+
+type pausedConfig struct {
+	Paused  int `json:"paused_events"`
+	Flowing int `json:"flowing_events"`
 }
 
 type scalingConfig struct {
@@ -131,6 +138,8 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&cfg.Pinned.Backlog, "pinned-backlog", 200_000, "backlog the pinned section drains in each phase")
 	fs.IntVar(&cfg.Pinned.Rate, "pinned-rate", 1000, "commits per second of the pinned section's latency runs, each -latency-duration long")
 	fs.DurationVar(&idleWindow, "idle-window", 10*time.Second, "how long the pinned section measures pg2kafka's CPU while it is idle")
+	fs.IntVar(&cfg.Paused.Paused, "paused-events", 1_000_000, "events of a paused table queued ahead of the flowing table's in the paused section")
+	fs.IntVar(&cfg.Paused.Flowing, "paused-flowing", 200_000, "events of the flowing table the paused section drains past them")
 	fs.StringVar(&codecs, "compression-codecs", "none,snappy,lz4,zstd", "codecs to drain with, each a full drain of -events, if pg2kafka has a compression setting")
 	fs.IntVar(&cfg.Webhook.Events, "webhook-events", 100_000, "events queued for each of the webhook section's drains (batch 1 and batch 100)")
 	fs.DurationVar(&webhookLatency, "webhook-latency-duration", 10*time.Second, "length of the webhook section's run at 1,000 commits/s")
@@ -188,6 +197,8 @@ func (c *config) quicken(timeout, latencyDuration, writeDuration, webhookLatency
 	set("pinned-events", func() { c.Pinned.Events = 50_000 })
 	set("pinned-backlog", func() { c.Pinned.Backlog = 20_000 })
 	set("idle-window", func() { *idleWindow = 3 * time.Second })
+	set("paused-events", func() { c.Paused.Paused = 100_000 })
+	set("paused-flowing", func() { c.Paused.Flowing = 20_000 })
 }
 
 var (
@@ -218,6 +229,8 @@ func (c *config) validate() error {
 		{"-pinned-events", c.Pinned.Events},
 		{"-pinned-backlog", c.Pinned.Backlog},
 		{"-pinned-rate", c.Pinned.Rate},
+		{"-paused-events", c.Paused.Paused},
+		{"-paused-flowing", c.Paused.Flowing},
 	}
 	for _, p := range positive {
 		if p.value < 1 {

@@ -17,7 +17,9 @@
 //  7. rabbitmq: events/s with publisher confirms beside a bare amqp091-go
 //     publisher with confirms;
 //  8. pinned:  idle cost, empty claims, latency and drain rate with and
-//     without a snapshot held open beside pg2kafka (pg_dump, a report).
+//     without a snapshot held open beside pg2kafka (pg_dump, a report);
+//  9. paused:  the claim path's drain rate of a flowing table with a paused
+//     table's backlog queued ahead of it, and with none.
 //
 // It prints a markdown table with the targets to stdout, writes the
 // details as JSON to -report, and logs progress to stderr:
@@ -147,6 +149,7 @@ func (b *bench) runSections(ctx context.Context) error {
 		sectionRabbitMQ: b.runRabbitMQ,
 		sectionFormats:  b.runFormats,
 		sectionPinned:   b.runPinned,
+		sectionPaused:   b.runPaused,
 	}
 	for _, name := range b.cfg.Sections {
 		b.log.Info("section", "name", name)

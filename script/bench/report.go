@@ -43,6 +43,7 @@ type report struct {
 	RabbitMQ  *rabbitResult   `json:"rabbitmq,omitempty"`
 	Formats   *formatsSection `json:"formats,omitempty"`
 	Pinned    *pinnedResult   `json:"pinned,omitempty"`
+	Paused    *pausedResult   `json:"paused,omitempty"`
 	Table     []row           `json:"table"`
 	Error     string          `json:"error,omitempty"`
 }
@@ -216,6 +217,7 @@ func (r *report) rows() []row {
 			fmt.Sprintf("≥ %.1f×", targetRabbitRatio), q.Ratio >= targetRabbitRatio))
 	}
 	rows = append(rows, r.pinnedRows()...)
+	rows = append(rows, r.pausedRows()...)
 	return rows
 }
 

@@ -370,18 +370,22 @@ func scrub(err error, rawURL string) error {
 	return err
 }
 
+// dead reports whether the session has lost its channel, or is about to
+// report so: publishing on it fails from the moment its error is set.
 func (s *session) dead() bool {
 	select {
 	case <-s.gone:
 		return true
 	default:
-		return false
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err != nil
 }
 
 func (s *session) close() {
 	_ = s.conn.Close()
-	<-s.gone
+	<-s.gone // the loop has failed what was pending
 }
 
 // publish publishes m as message i of w.
@@ -485,8 +489,8 @@ func (s *session) die(reason *amqp.Error) {
 	for _, p := range left {
 		p.w.settle(p.i, err)
 	}
-	_ = s.conn.Close()
 	close(s.gone)
+	_ = s.conn.Close()
 }
 
 // unavailable is the error of a target that cannot take events now.

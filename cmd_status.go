@@ -85,6 +85,7 @@ func printStatus(w io.Writer, s *outbox.Status, problems []string) {
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintf(w, "dead letters: %d\n", s.DeadLetters)
+	fmt.Fprintf(w, "dead rows:    %s\n", describeHorizon(s.Horizon, s.At))
 
 	fmt.Fprintf(w, "\ntables (%d tracked):\n", tracked(s.Tables))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
@@ -131,6 +132,39 @@ func printStatus(w io.Writer, s *outbox.Status, problems []string) {
 		tw.Flush()
 	}
 	printProblems(w, problems)
+}
+
+// describeHorizon says how many dead rows the queue holds and what keeps
+// vacuum from removing them: the oldest snapshot, and whose it is.
+func describeHorizon(h outbox.Horizon, now time.Time) string {
+	out := fmt.Sprintf("~%d in the queue", h.DeadRows)
+	if h.Holder == "" {
+		return out + "; no snapshot holds them"
+	}
+	out += "; the oldest snapshot, which vacuum must keep them for, is "
+	if a := h.Age(now); a > 0 {
+		out += age(outbox.Duration(a)) + " old"
+	} else {
+		out += fmt.Sprintf("%d transactions old", h.XIDAge)
+	}
+	out += ", held by " + h.Holder
+	var who []string
+	if h.PID != 0 {
+		who = append(who, fmt.Sprintf("pid %d", h.PID))
+	}
+	if h.Name != "" {
+		who = append(who, h.Name)
+	}
+	if h.State != "" {
+		who = append(who, h.State)
+	}
+	if !h.QueryStart.IsZero() {
+		who = append(who, "query since "+h.QueryStart.UTC().Format(time.RFC3339))
+	}
+	if len(who) > 0 {
+		out += " (" + strings.Join(who, ", ") + ")"
+	}
+	return out
 }
 
 func printProblems(w io.Writer, problems []string) {

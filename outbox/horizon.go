@@ -17,27 +17,27 @@ import (
 type Horizon struct {
 	// DeadRows is Postgres' estimate of the dead rows in the queue
 	// (pg_stat_user_tables.n_dead_tup).
-	DeadRows int64
+	DeadRows int64 `json:"dead_rows"`
 	// Holder says what holds the oldest snapshot: "session" (of this
 	// database), "prepared transaction", "replication slot" or "standby"
 	// (a walsender's hot_standby_feedback); "" if nothing holds one.
-	Holder string
+	Holder string `json:"holder,omitempty"`
 	// XIDAge is how many transactions ago its snapshot was taken.
-	XIDAge int64
+	XIDAge int64 `json:"xid_age,omitempty"`
 	// Since is when its transaction began (a session's, or a prepared
 	// transaction's preparation); zero when Postgres does not say, or the
 	// role may not see it.
-	Since time.Time
+	Since time.Time `json:"since,omitzero"`
 	// PID is the session's or the walsender's backend pid; 0 for others.
-	PID int32
+	PID int32 `json:"pid,omitempty"`
 	// Name is the session's application_name, the slot's name, or the
 	// prepared transaction's gid.
-	Name string
+	Name string `json:"name,omitempty"`
 	// State is the session's state ("idle in transaction", "active"); ""
 	// when the role may not see it.
-	State string
+	State string `json:"state,omitempty"`
 	// QueryStart is when the session's current or last query began.
-	QueryStart time.Time
+	QueryStart time.Time `json:"query_start,omitzero"`
 }
 
 // Age is how long the holder's transaction has been open, or 0 when not
@@ -54,14 +54,15 @@ func (h Horizon) Age(now time.Time) time.Duration {
 // its own database, with replication slots, standbys' feedback and prepared
 // transactions. A session holds it with its snapshot (backend_xmin) or, as a
 // writer, with its transaction id (backend_xid). The asking session, whose
-// own snapshot is new, is left out.
+// own snapshot is new, is left out, and so is (auto)vacuum, which holds no
+// one's rows back.
 const horizonSQL = `
 WITH holders AS (
     SELECT 'session' AS holder,
            CASE WHEN backend_xid IS NULL OR age(backend_xmin) > age(backend_xid) THEN backend_xmin ELSE backend_xid END AS xmin,
            xact_start AS since, pid, application_name AS name, coalesce(state, '') AS state, query_start
     FROM pg_stat_activity
-    WHERE datname = current_database() AND pid <> pg_backend_pid()
+    WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'
       AND (backend_xmin IS NOT NULL OR backend_xid IS NOT NULL)
     UNION ALL
     SELECT 'prepared transaction', transaction, prepared, 0, gid, '', NULL

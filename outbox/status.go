@@ -32,6 +32,9 @@ type Status struct {
 	Shippers []ShipperConn `json:"shippers"`
 	// Lanes is how many lanes the queue is divided into.
 	Lanes int `json:"lanes"`
+	// Horizon is what holds the queue's dead rows back the longest, and
+	// how many there are.
+	Horizon Horizon `json:"horizon"`
 	// At is when the status was read, by Postgres' clock.
 	At time.Time `json:"at"`
 }
@@ -163,6 +166,10 @@ func ReadStatus(ctx context.Context, pool *pgxpool.Pool) (*Status, error) {
 		return nil, err
 	}
 	s.Shippers = append(s.Shippers, shippers...)
+	// After the status's own snapshot is gone, which would be the oldest.
+	if s.Horizon, err = OldestHorizon(ctx, pool); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 

@@ -13,14 +13,14 @@ import (
 
 // backlogSnapshot is the queue as counted at one moment.
 type backlogSnapshot struct {
-	at       time.Time
-	backlogs []outbox.Backlog
-	shippers []outbox.ShipperConn
-	err      error
+	at     time.Time
+	status *outbox.Status
+	err    error
 }
 
-// backlogTimeout bounds a count of the queue: a scrape must not hang on a
-// queue of millions.
+// backlogTimeout bounds a count of the queue. outbox.ReadStatus estimates
+// rather than read a long queue whole, so this is for a Postgres that is
+// slow to answer at all.
 const backlogTimeout = 3 * time.Second
 
 // currentBacklog returns the queue's counts, counting again when the last
@@ -38,10 +38,7 @@ func (s *Server) currentBacklog(ctx context.Context) *backlogSnapshot {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), backlogTimeout)
 	defer cancel()
 	b := &backlogSnapshot{}
-	b.backlogs, b.err = outbox.Backlogs(ctx, p.Pool)
-	if b.err == nil {
-		b.shippers, b.err = outbox.Shippers(ctx, p.Pool)
-	}
+	b.status, b.err = outbox.ReadStatus(ctx, p.Pool)
 	if b.err != nil {
 		s.cfg.Logger.Warn("could not count the queue for the metrics and the status page", slog.Any("error", b.err))
 	}
@@ -56,9 +53,11 @@ type stateCollector struct{ s *Server }
 
 var (
 	queueEventsDesc = prometheus.NewDesc("pg2kafka_queue_events",
-		"Events waiting in pg2kafka.outbound_event_queue, by table.", []string{"table"}, nil)
+		"Events waiting in pg2kafka.outbound_event_queue, by table; estimated from a sample on a queue of more than 2000 pages (pg2kafka_queue_events_estimated).", []string{"table"}, nil)
+	queueEstimatedDesc = prometheus.NewDesc("pg2kafka_queue_events_estimated",
+		"1 when pg2kafka_queue_events is an estimate: the queue is too long to count whole at every scrape.", nil, nil)
 	queueOldestDesc = prometheus.NewDesc("pg2kafka_queue_oldest_event_age_seconds",
-		"Age of the oldest event waiting in the queue, by table; 0 when none waits.", []string{"table"}, nil)
+		"Age of the oldest event waiting in the queue, by table; 0 when none waits. On a long queue, only tables among its first 10000 events have one.", []string{"table"}, nil)
 	deadLettersDesc = prometheus.NewDesc("pg2kafka_dead_letter_events",
 		"Events in pg2kafka.dead_letter_events, by table: refused by the destination, waiting for pg2kafka.requeue_dead_letters().", []string{"table"}, nil)
 	shippersDesc = prometheus.NewDesc("pg2kafka_shippers",
@@ -76,7 +75,7 @@ var (
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{queueEventsDesc, queueOldestDesc, deadLettersDesc, shippersDesc, lanesDesc, readyDesc, backlogUpDesc, viewersDesc, droppedDesc} {
+	for _, d := range []*prometheus.Desc{queueEventsDesc, queueEstimatedDesc, queueOldestDesc, deadLettersDesc, shippersDesc, lanesDesc, readyDesc, backlogUpDesc, viewersDesc, droppedDesc} {
 		ch <- d
 	}
 }
@@ -87,18 +86,20 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	up := 0.0
 	if b.err == nil {
 		up = 1
-		now := time.Now()
-		for _, t := range b.backlogs {
-			label := tableLabel(t.Table)
-			age := 0.0
-			if !t.Oldest.IsZero() {
-				age = max(0, now.Sub(t.Oldest).Seconds())
-			}
+		for _, t := range b.status.Tables {
+			label := tableLabel(outbox.Table{Schema: t.Schema, Name: t.Name})
 			ch <- prometheus.MustNewConstMetric(queueEventsDesc, prometheus.GaugeValue, float64(t.Queued), label)
-			ch <- prometheus.MustNewConstMetric(queueOldestDesc, prometheus.GaugeValue, age, label)
+			if age, ok := oldestAge(t, b.at); ok {
+				ch <- prometheus.MustNewConstMetric(queueOldestDesc, prometheus.GaugeValue, age, label)
+			}
 			ch <- prometheus.MustNewConstMetric(deadLettersDesc, prometheus.GaugeValue, float64(t.DeadLetters), label)
 		}
-		ch <- prometheus.MustNewConstMetric(shippersDesc, prometheus.GaugeValue, float64(len(b.shippers)))
+		estimated := 0.0
+		if b.status.Queue.Estimated {
+			estimated = 1
+		}
+		ch <- prometheus.MustNewConstMetric(queueEstimatedDesc, prometheus.GaugeValue, estimated)
+		ch <- prometheus.MustNewConstMetric(shippersDesc, prometheus.GaugeValue, float64(len(b.status.Shippers)))
 	}
 	ch <- prometheus.MustNewConstMetric(backlogUpDesc, prometheus.GaugeValue, up)
 	lanes, joined := 0.0, 0.0
@@ -115,4 +116,17 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(viewersDesc, prometheus.GaugeValue, float64(h.Viewers()))
 		ch <- prometheus.MustNewConstMetric(droppedDesc, prometheus.CounterValue, float64(h.Dropped()))
 	}
+}
+
+// oldestAge is the age in seconds of the table's oldest queued event now,
+// from the status counted at countedAt: 0 when none is queued, unknown
+// when the queue was too long to find it.
+func oldestAge(t outbox.TableStatus, countedAt time.Time) (float64, bool) {
+	switch {
+	case t.Queued == 0:
+		return 0, true
+	case t.OldestAge == nil:
+		return 0, false
+	}
+	return time.Duration(*t.OldestAge).Seconds() + time.Since(countedAt).Seconds(), true
 }

@@ -2,6 +2,8 @@ package httpserver
 
 import (
 	"embed"
+
+	"github.com/pg2kafka/pg2kafka/outbox"
 	"net/http"
 	"slices"
 	"time"
@@ -15,7 +17,11 @@ type status struct {
 	// failed, if it did.
 	CountedAt time.Time `json:"counted_at"`
 	Error     string    `json:"error,omitempty"`
-	Ready     bool      `json:"ready"`
+	// Estimated is true when the queue was too long to count whole: the
+	// tables' queued are estimates, and the oldest age is known only for
+	// tables among the first events of the queue.
+	Estimated bool `json:"estimated"`
+	Ready     bool `json:"ready"`
 	// Checks are /readyz's.
 	Checks   map[string]string `json:"checks"`
 	Tables   []tableStatus     `json:"tables"`
@@ -29,11 +35,12 @@ type status struct {
 }
 
 type tableStatus struct {
-	Table            string  `json:"table"`
-	Tracked          bool    `json:"tracked"`
-	Queued           int64   `json:"queued"`
-	OldestAgeSeconds float64 `json:"oldest_age_seconds"`
-	DeadLetters      int64   `json:"dead_letters"`
+	Table   string `json:"table"`
+	Tracked bool   `json:"tracked"`
+	Queued  int64  `json:"queued"`
+	// OldestAgeSeconds is null when unknown (see status.Estimated).
+	OldestAgeSeconds *float64 `json:"oldest_age_seconds"`
+	DeadLetters      int64    `json:"dead_letters"`
 	// ShippedPerSecond is by this process, oldest first.
 	ShippedPerSecond []float64 `json:"shipped_per_second"`
 }
@@ -69,12 +76,17 @@ func (s *Server) statusJSON(w http.ResponseWriter, r *http.Request) {
 	}
 	rates := s.cfg.Stats.shippedPerSecond(now)
 	seen := make(map[string]bool)
-	for _, t := range b.backlogs {
-		label := tableLabel(t.Table)
+	var tables []outbox.TableStatus
+	var shippers []outbox.ShipperConn
+	if b.status != nil {
+		tables, shippers, st.Estimated = b.status.Tables, b.status.Shippers, b.status.Queue.Estimated
+	}
+	for _, t := range tables {
+		label := tableLabel(outbox.Table{Schema: t.Schema, Name: t.Name})
 		seen[label] = true
 		ts := tableStatus{Table: label, Tracked: t.Tracked, Queued: t.Queued, DeadLetters: t.DeadLetters, ShippedPerSecond: rates[label]}
-		if !t.Oldest.IsZero() {
-			ts.OldestAgeSeconds = max(0, now.Sub(t.Oldest).Seconds())
+		if age, ok := oldestAge(t, b.at); ok {
+			ts.OldestAgeSeconds = &age
 		}
 		st.Tables = append(st.Tables, ts)
 	}
@@ -98,7 +110,7 @@ func (s *Server) statusJSON(w http.ResponseWriter, r *http.Request) {
 			st.Tables[i].ShippedPerSecond = make([]float64, rateBuckets)
 		}
 	}
-	for _, c := range b.shippers {
+	for _, c := range shippers {
 		st.Shippers = append(st.Shippers, shipperStatus{PID: c.PID, ClientAddr: c.ClientAddr, Since: c.Since, Lanes: c.Lanes})
 	}
 	if p := s.parts.Load(); p != nil {

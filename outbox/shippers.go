@@ -10,61 +10,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// Backlog is one table's events waiting in the queue and in the dead-letter
-// table.
-type Backlog struct {
-	Table
-	// Tracked is false for a table whose events are queued although it is
-	// no longer tracked (torn down with events left).
-	Tracked bool
-	// Queued is how many of its events wait in the queue.
-	Queued int64
-	// Oldest is when the oldest of them was written; zero when none wait.
-	Oldest time.Time
-	// DeadLetters is how many of its events are in the dead-letter table.
-	DeadLetters int64
-}
-
-// backlogSQL counts in one pass over each table. The queue has no index by
-// table, so the count reads the whole queue: cheap while the queue is as
-// short as it should be, and bounded by the caller's timeout when it is not.
-const backlogSQL = `
-WITH queued AS (
-    SELECT table_schema, table_name, count(*) AS n, min(created_at) AS oldest
-    FROM pg2kafka.outbound_event_queue GROUP BY 1, 2
-), dead AS (
-    SELECT table_schema, table_name, count(*) AS n
-    FROM pg2kafka.dead_letter_events GROUP BY 1, 2
-)
-SELECT table_schema, table_name, t.table_name IS NOT NULL AS tracked,
-       coalesce(q.n, 0), q.oldest, coalesce(d.n, 0)
-FROM (SELECT table_schema, table_name FROM pg2kafka.tracked_tables) AS t
-FULL JOIN queued AS q USING (table_schema, table_name)
-FULL JOIN dead AS d USING (table_schema, table_name)
-ORDER BY 1, 2`
-
-// Backlogs returns the backlog of every tracked table, and of any other
-// table with events queued or dead-lettered, ordered by schema and name.
-func Backlogs(ctx context.Context, pool *pgxpool.Pool) ([]Backlog, error) {
-	rows, err := pool.Query(ctx, backlogSQL)
-	if err != nil {
-		return nil, fmt.Errorf("outbox: count queued events: %w", err)
-	}
-	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Backlog, error) {
-		var b Backlog
-		var oldest *time.Time
-		err := row.Scan(&b.Schema, &b.Name, &b.Tracked, &b.Queued, &oldest, &b.DeadLetters)
-		if oldest != nil {
-			b.Oldest = *oldest
-		}
-		return b, err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("outbox: count queued events: %w", err)
-	}
-	return out, nil
-}
-
 // TrackedTables returns the tables pg2kafka.setup() tracks, ordered by
 // schema and name.
 func TrackedTables(ctx context.Context, pool *pgxpool.Pool) ([]Table, error) {

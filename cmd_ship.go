@@ -166,6 +166,7 @@ func newSink(ctx context.Context, cfg Config, env environment, stats *httpserver
 		return sink, []any{slog.String("rabbitmq_url", rabbitmq.Redact(r.URL)), slog.String("exchange", r.Exchange)}, nil
 	}
 	k := cfg.Kafka
+	k.Logger = logger
 	sink, err := kafka.New(k,
 		// franz-go narrates routine events at info level; keep its warnings.
 		kgo.WithLogger(kslog.New(newLogger(cfg, env.stderr, max(cfg.LogLevel, slog.LevelWarn)).With(slog.String("component", "kafka")))),

@@ -116,12 +116,18 @@ type Shipper struct {
 	deadLettered atomic.Int64
 	running      atomic.Bool
 	workers      atomic.Pointer[[]*worker]
+	pauses       *pauses
 }
 
 // New returns a shipper from queue to sink.
 func New(cfg Config, queue *outbox.Queue, sink Sink) *Shipper {
-	return &Shipper{cfg: cfg.withDefaults(), queue: queue, sink: sink}
+	cfg = cfg.withDefaults()
+	return &Shipper{cfg: cfg, queue: queue, sink: sink, pauses: newPauses(sink, queue, cfg.Logger)}
 }
+
+// Paused returns the tables whose events wait because their target failed,
+// with the target, since when, and why. Safe to call from any goroutine.
+func (s *Shipper) Paused() []PausedTable { return s.pauses.list() }
 
 // DeadLettered returns how many events the shipper has moved to the
 // dead-letter table since it was made.
@@ -145,7 +151,7 @@ func (s *Shipper) Run(ctx context.Context) error {
 			sink:    s.sink,
 			logger:  s.cfg.Logger.With(slog.Int("worker", i)),
 			topics:  make(map[outbox.Table]string),
-			paused:  make(map[outbox.Table]*retryState),
+			pauses:  s.pauses,
 			tables:  registry,
 
 			deadLettered: &s.deadLettered,
@@ -170,11 +176,16 @@ func (s *Shipper) Run(ctx context.Context) error {
 	s.workers.Store(&workers)
 	s.running.Store(true)
 	defer s.running.Store(false)
+	logsDone := make(chan struct{})
+	logCtx, stopLogs := context.WithCancel(context.WithoutCancel(ctx))
+	go func() { defer close(logsDone); s.pauses.run(logCtx) }()
 	var wg sync.WaitGroup
 	for _, w := range workers {
 		wg.Go(func() { w.run(ctx) })
 	}
 	wg.Wait()
+	stopLogs()
+	<-logsDone
 	return nil
 }
 
@@ -188,9 +199,9 @@ type worker struct {
 	topics map[outbox.Table]string
 	// tableHeaders holds each table's HeaderTable value.
 	tableHeaders map[outbox.Table][]byte
-	// paused holds the tables whose last events failed, until their retry
-	// time: their events stay queued while other tables keep flowing.
-	paused map[outbox.Table]*retryState
+	// pauses holds the tables whose last events failed, shared by all
+	// workers: their events stay queued while other tables keep flowing.
+	pauses *pauses
 	// dbRetry backs off after database errors, which stop the worker.
 	dbRetry       retryState
 	lastRebalance time.Time
@@ -260,7 +271,7 @@ func (w *worker) step(ctx context.Context) (int, error) {
 // shipBatch ships one batch and returns how many events it claimed.
 func (w *worker) shipBatch(ctx context.Context) (int, error) {
 	claimStart := time.Now()
-	batch, err := w.claimer.Claim(ctx, w.batchLimit(), w.pausedTables())
+	batch, err := w.claimer.Claim(ctx, w.batchLimit(), w.pauses.except(claimStart))
 	if err != nil {
 		return 0, err
 	}
@@ -334,7 +345,7 @@ func (w *worker) shipBatch(ctx context.Context) (int, error) {
 		})
 	}
 	w.noteDeadLetters(batch.Events, msgs, errs, refused)
-	w.noteResults(batch.Events, errs, failures)
+	w.noteResults(batch.Events, errs, failures, claimStart)
 	w.logger.Debug("batch shipped", slog.Int("events", len(batch.Events)), slog.Int("acknowledged", len(acked)),
 		slog.Int("dead_lettered", len(deadLetters)), slog.Duration("send", sent), slog.Duration("total", time.Since(claimStart)))
 	return len(batch.Events), nil
@@ -531,44 +542,27 @@ func (w *worker) noteDeadLetters(events []outbox.Event, msgs []Message, errs []e
 }
 
 // noteResults pauses the tables whose events failed and resumes those whose
-// events went through.
-func (w *worker) noteResults(events []outbox.Event, errs []error, failures map[outbox.Table]failure) {
+// events went through, in the pauses all workers share.
+func (w *worker) noteResults(events []outbox.Event, errs []error, failures map[outbox.Table]failure, claimed time.Time) {
+	var last outbox.Table
 	for i := range events {
 		if errs[i] != nil {
 			continue
 		}
 		t := events[i].Table()
-		if _, ok := w.paused[t]; ok && failures[t].err == nil {
-			delete(w.paused, t)
-			w.logger.Info("table's events are flowing again", slog.String("table", t.Schema+"."+t.Name))
+		if t == last {
+			continue
+		}
+		last = t
+		if _, failed := failures[t]; !failed && w.pauses.isPaused(t) {
+			w.pauses.succeeded(t, claimed)
 		}
 	}
 	for t, f := range failures {
-		r := w.paused[t]
-		if r == nil {
-			r = &retryState{}
-			w.paused[t] = r
-		}
-		delay := r.fail()
-		w.logger.Error("events not shipped; they stay queued and will be retried",
-			slog.String("table", t.Schema+"."+t.Name),
-			slog.String("topic", f.topic),
-			slog.Int("events", f.events),
-			slog.Duration("retry_in", delay),
-			slog.Any("error", f.err))
+		w.pauses.failed(t, f.topic, f.err, claimed)
+		w.logger.Debug("events not shipped; they stay queued", slog.String("table", t.Schema+"."+t.Name),
+			slog.String("topic", f.topic), slog.Int("events", f.events), slog.Time("claimed", claimed), slog.Any("error", f.err))
 	}
-}
-
-// pausedTables returns the tables still waiting for their retry time.
-func (w *worker) pausedTables() []outbox.Table {
-	var tables []outbox.Table
-	now := time.Now()
-	for t, r := range w.paused {
-		if now.Before(r.retryAt) {
-			tables = append(tables, t)
-		}
-	}
-	return tables
 }
 
 // retryState is an exponential backoff with jitter: 100ms doubling to 30s,
@@ -584,12 +578,17 @@ const (
 )
 
 func (r *retryState) fail() time.Duration {
-	d := minRetryDelay << min(r.failures, 16)
-	d = min(d, maxRetryDelay)
+	d := backoff(r.failures)
 	r.failures++
-	d = d/2 + rand.N(d/2+1)
 	r.retryAt = time.Now().Add(d)
 	return d
+}
+
+// backoff is the delay after n failures in a row: 100ms doubling to 30s,
+// drawn from the upper half of that.
+func backoff(n int) time.Duration {
+	d := min(minRetryDelay<<min(n, 16), maxRetryDelay)
+	return d/2 + rand.N(d/2+1)
 }
 
 func (r *retryState) succeed() { r.failures = 0 }

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"net"
 	"os"
 	"slices"
@@ -71,6 +72,9 @@ type Config struct {
 	// missing or not allowed, and checks that a broker answers. A topic
 	// created meanwhile ships within about this long. Default 1s.
 	CheckInterval time.Duration
+	// Logger receives the sink's own lines: connected to Kafka, or not
+	// reachable. Default: discard.
+	Logger *slog.Logger
 }
 
 // Compressions are the values Config.Compression allows.
@@ -139,6 +143,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.CheckInterval <= 0 {
 		c.CheckInterval = time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	c.SASLMechanism = strings.ToUpper(c.SASLMechanism)
 	if c.TLS == nil {

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -26,10 +28,15 @@ type Sink struct {
 	// another worker's records could join it in its partition's batch.
 	probe     *producer
 	probeTurn chan struct{}
-	// existing holds the topics known to exist, so that CreateTopics costs
-	// one request per topic, not one per batch.
-	mu       sync.Mutex
-	existing map[string]bool
+	// mu guards what the sink knows of the topics and the brokers (see
+	// topics.go), which the background watch keeps fresh.
+	mu        sync.Mutex
+	topics    map[string]*topicState
+	nextCheck time.Time
+	reach     reach
+	stopWatch context.CancelFunc
+	watched   chan struct{} // closed when watch returns
+	closing   atomic.Bool
 }
 
 var _ shipper.Sink = (*Sink)(nil)
@@ -57,14 +64,22 @@ func New(cfg Config, opts ...kgo.Opt) (*Sink, error) {
 		client.Close()
 		return nil, fmt.Errorf("kafka: %w", err)
 	}
-	return &Sink{
+	s := &Sink{
 		producer:  newProducer(client),
 		admin:     kadm.NewClient(client),
 		probe:     newProducer(probe),
 		probeTurn: make(chan struct{}, 1),
 		cfg:       cfg,
-		existing:  make(map[string]bool),
-	}, nil
+		topics:    make(map[string]*topicState),
+		nextCheck: time.Now(),
+		watched:   make(chan struct{}),
+	}
+	// The first check connects at once, so that a wrong address or a
+	// refused certificate is said while the queue may well be empty.
+	ctx, stop := context.WithCancel(context.Background())
+	s.stopWatch = stop
+	go s.watch(ctx)
+	return s, nil
 }
 
 // Send implements shipper.Sink. Records are produced all at once and awaited
@@ -74,13 +89,21 @@ func New(cfg Config, opts ...kgo.Opt) (*Sink, error) {
 // it does refuse fail with a *RejectedError.
 func (s *Sink) Send(ctx context.Context, msgs []shipper.Message) []error {
 	errs := make([]error, len(msgs))
-	var failedTopics map[string]error
-	if s.cfg.CreateTopics {
-		failedTopics = s.createMissingTopics(ctx, msgs)
+	var unknown []string
+	for i := range msgs {
+		t := msgs[i].Topic
+		if _, ok := s.known(t); !ok && !slices.Contains(unknown, t) {
+			unknown = append(unknown, t)
+		}
 	}
+	if len(unknown) > 0 {
+		s.lookUp(ctx, unknown)
+	}
+	// A batch is split by topic here: the messages of a topic known to be
+	// unusable fail at once, the others are produced.
 	todo := make([]int, 0, len(msgs))
 	for i := range msgs {
-		if err := failedTopics[msgs[i].Topic]; err != nil {
+		if err := s.unavailable(msgs[i].Topic); err != nil {
 			errs[i] = err
 			continue
 		}
@@ -89,7 +112,13 @@ func (s *Sink) Send(ctx context.Context, msgs []shipper.Message) []error {
 	s.producer.produce(ctx, msgs, todo, errs)
 	var suspects []int
 	for _, i := range todo {
-		if errs[i] != nil && refusesRecord(errs[i]) {
+		switch err := errs[i]; {
+		case err == nil:
+		case isTopicUnusable(err):
+			t := msgs[i].Topic
+			s.setTopic(t, err)
+			errs[i] = &shipper.UnavailableError{Target: t, Err: err, RetryAfter: s.untilNextCheck()}
+		case refusesRecord(err):
 			suspects = append(suspects, i)
 		}
 	}
@@ -97,15 +126,6 @@ func (s *Sink) Send(ctx context.Context, msgs []shipper.Message) []error {
 		s.findRefused(ctx, msgs, suspects, errs)
 	}
 	return errs
-}
-
-// Reachable returns nil when a broker answers, and what went wrong
-// otherwise: a readiness probe's question, cheap enough to ask every second.
-func (s *Sink) Reachable(ctx context.Context) error {
-	if err := s.producer.client.Ping(ctx); err != nil {
-		return fmt.Errorf("no Kafka broker answers: %w", err)
-	}
-	return nil
 }
 
 // producer is a franz-go client and the count of records handed to it that
@@ -327,48 +347,11 @@ func explainProduceError(topic string, err error) error {
 	return fmt.Errorf("kafka: produce to %q: %w", topic, err)
 }
 
-// createMissingTopics creates the topics of msgs not yet known to exist and
-// returns those that could not be created, with the reason.
-func (s *Sink) createMissingTopics(ctx context.Context, msgs []shipper.Message) map[string]error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var missing []string
-	seen := make(map[string]bool)
-	for i := range msgs {
-		if t := msgs[i].Topic; !s.existing[t] && !seen[t] {
-			seen[t] = true
-			missing = append(missing, t)
-		}
-	}
-	if len(missing) == 0 {
-		return nil
-	}
-	failed := make(map[string]error)
-	responses, err := s.admin.CreateTopics(ctx, s.cfg.TopicPartitions, s.cfg.TopicReplicationFactor, nil, missing...)
-	if err != nil {
-		for _, t := range missing {
-			failed[t] = fmt.Errorf("kafka: create topic %q: %w", t, err)
-		}
-		return failed
-	}
-	for _, t := range missing {
-		r, ok := responses[t]
-		switch {
-		case ok && (r.Err == nil || errors.Is(r.Err, kerr.TopicAlreadyExists)):
-			s.existing[t] = true
-		default:
-			reason := r.Err
-			if !ok {
-				reason = errors.New("no answer from the broker")
-			}
-			failed[t] = fmt.Errorf("kafka: create topic %q: %w", t, reason)
-		}
-	}
-	return failed
-}
-
 // Close implements shipper.Sink.
 func (s *Sink) Close() {
+	s.closing.Store(true)
+	s.stopWatch()
+	<-s.watched
 	s.producer.client.Close()
 	s.probe.client.Close()
 }

@@ -279,6 +279,7 @@ func (w *worker) shipBatch(ctx context.Context) (int, error) {
 	if len(batch.Events) == 0 {
 		return 0, batch.Rollback(ctx)
 	}
+	claimed := time.Now()
 	w.noteEventSizes(batch.Events)
 	if w.cfg.Format == FormatPgevents {
 		// Its id is the key column's value: the registry names the column.
@@ -348,7 +349,36 @@ func (w *worker) shipBatch(ctx context.Context) (int, error) {
 	w.noteResults(batch.Events, errs, failures, claimStart)
 	w.logger.Debug("batch shipped", slog.Int("events", len(batch.Events)), slog.Int("acknowledged", len(acked)),
 		slog.Int("dead_lettered", len(deadLetters)), slog.Duration("send", sent), slog.Duration("total", time.Since(claimStart)))
+	if w.logger.Enabled(ctx, slog.LevelDebug) {
+		w.logTiming(batch.Events, [timingStages]time.Time{claimStart, claimed, sendStart, sendStart.Add(sent), time.Now()})
+	}
 	return len(batch.Events), nil
+}
+
+// timingStages are the instants logTiming logs of a batch: its claim began,
+// the claim returned, the encoded batch went to the sink, the sink answered,
+// the outcome was committed.
+const timingStages = 5
+
+// TimingMessage is the message of the debug log line that gives, for each
+// batch shipped, the instants of its stages in Unix microseconds (claim,
+// claimed, sent, acknowledged, committed) and its events' uuids, so that a
+// benchmark can tell where an event's time went. It is only built when
+// debug logging is on.
+const TimingMessage = "batch timing"
+
+func (w *worker) logTiming(events []outbox.Event, at [timingStages]time.Time) {
+	uuids := make([]byte, 0, 37*len(events))
+	for i := range events {
+		if i > 0 {
+			uuids = append(uuids, ' ')
+		}
+		uuids = appendUUID(uuids, events[i].UUID)
+	}
+	w.logger.Debug(TimingMessage,
+		slog.Int64("claim", at[0].UnixMicro()), slog.Int64("claimed", at[1].UnixMicro()),
+		slog.Int64("sent", at[2].UnixMicro()), slog.Int64("acknowledged", at[3].UnixMicro()),
+		slog.Int64("committed", at[4].UnixMicro()), slog.String("uuids", string(uuids)))
 }
 
 // batchLimit is how many events to claim: BatchSize, or fewer if events of

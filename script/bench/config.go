@@ -58,6 +58,29 @@ type latencyConfig struct {
 	Rate     int          `json:"rate"`
 	Duration jsonDuration `json:"duration"`
 	Writers  int          `json:"writers"`
+	// Variants are measured each right after the run with the suite's own
+	// settings, so that a lever's effect is read within one run.
+	Variants []latencyVariant `json:"variants,omitempty"`
+}
+
+// latencyVariant is a latency run with pg2kafka settings of its own.
+type latencyVariant struct {
+	Name string   `json:"name"`
+	Env  []string `json:"env"`
+}
+
+// parseLatencyVariant reads "NAME KEY=VALUE [KEY=VALUE…]".
+func parseLatencyVariant(v string) (latencyVariant, error) {
+	f := strings.Fields(v)
+	if len(f) < 2 || strings.Contains(f[0], "=") {
+		return latencyVariant{}, fmt.Errorf("-latency-variant %q: want a name, then KEY=VALUE settings for pg2kafka, e.g. \"poll5ms POLL_INTERVAL=5ms\"", v)
+	}
+	for _, kv := range f[1:] {
+		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
+			return latencyVariant{}, fmt.Errorf("-latency-variant %q: %q is not KEY=VALUE", v, kv)
+		}
+	}
+	return latencyVariant{Name: f[0], Env: f[1:]}, nil
 }
 
 type writeConfig struct {
@@ -128,6 +151,13 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&cfg.Latency.Rate, "latency-rate", 5000, "commits per second of the latency run's writer")
 	fs.DurationVar(&latencyDuration, "latency-duration", 30*time.Second, "length of the latency run")
 	fs.IntVar(&cfg.Latency.Writers, "latency-writers", 16, "connections the latency run's writer commits through")
+	fs.Func("latency-variant", "`\"NAME KEY=VALUE…\"`: a further latency run with these pg2kafka settings, right after the first, e.g. \"poll5ms POLL_INTERVAL=5ms\"; repeatable", func(v string) error {
+		lv, err := parseLatencyVariant(v)
+		if err == nil {
+			cfg.Latency.Variants = append(cfg.Latency.Variants, lv)
+		}
+		return err
+	})
 	fs.IntVar(&cfg.Write.Clients, "write-clients", 8, "concurrent clients of the write-path runs")
 	fs.DurationVar(&writeDuration, "write-duration", 10*time.Second, "length of each write-path run")
 	fs.IntVar(&cfg.Write.Rounds, "write-rounds", 3, "rounds of the four write-path runs, interleaved; the median of each is reported")

@@ -182,6 +182,13 @@ func (b *bench) drainOnce(ctx context.Context, binary string, p drainParams, alo
 // dev broker. Its environment is only what is given here, so that settings
 // of the caller's shell (TOPIC_NAMESPACE, say) cannot skew the run.
 func (b *bench) startShipper(binary string, batchSize int, extraEnv ...string) (*process, error) {
+	cmd := b.shipperCmd(binary, batchSize, extraEnv...)
+	cmd.Stdout, cmd.Stderr = b.stderr, b.stderr
+	return startProcess("pg2kafka", cmd)
+}
+
+// shipperCmd is startShipper's command, not started and without its output.
+func (b *bench) shipperCmd(binary string, batchSize int, extraEnv ...string) *exec.Cmd {
 	cmd := exec.Command(binary)
 	cmd.Env = []string{
 		"DATABASE_URL=" + b.dbURL,
@@ -194,8 +201,7 @@ func (b *bench) startShipper(binary string, batchSize int, extraEnv ...string) (
 	// settings over -shipper-env.
 	cmd.Env = append(cmd.Env, b.cfg.ShipperEnv...)
 	cmd.Env = append(cmd.Env, extraEnv...)
-	cmd.Stdout, cmd.Stderr = b.stderr, b.stderr
-	return startProcess("pg2kafka", cmd)
+	return cmd
 }
 
 // waitDrained waits until topic holds want records and the queue is empty,

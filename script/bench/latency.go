@@ -15,6 +15,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/pg2kafka/pg2kafka/shipper"
 )
 
 // latencyResult is section 3: events committed at a fixed rate while
@@ -34,6 +36,15 @@ type latencyResult struct {
 	// EndDepth those queued when the writer stopped.
 	MaxDepth int64 `json:"max_queue_depth"`
 	EndDepth int64 `json:"end_queue_depth"`
+	// Variant names the pg2kafka settings of a -latency-variant run, Env;
+	// empty for the run with the suite's own settings.
+	Variant string   `json:"variant,omitempty"`
+	Env     []string `json:"env,omitempty"`
+	// Breakdown is where the time of the Timed events went (breakdown.go).
+	Breakdown []stageResult `json:"breakdown,omitempty"`
+	Timed     int           `json:"timed,omitempty"`
+	// Variants are the -latency-variant runs, each right after this one.
+	Variants []latencyResult `json:"variants,omitempty"`
 }
 
 const insertLatencySQL = `INSERT INTO bench_latency (id, customer, status, payload) VALUES ($1, $2, 'pending', $3)`
@@ -43,47 +54,69 @@ const insertLatencySQL = `INSERT INTO bench_latency (id, customer, status, paylo
 const probeID = 0
 
 func (b *bench) runLatency(ctx context.Context) error {
+	r, err := b.latencyRun(ctx, latencyVariant{})
+	if err != nil {
+		return err
+	}
+	for _, v := range b.cfg.Latency.Variants {
+		vr, err := b.latencyRun(ctx, v)
+		if err != nil {
+			return fmt.Errorf("latency variant %s: %w", v.Name, err)
+		}
+		r.Variants = append(r.Variants, *vr)
+	}
+	b.report.Latency = r
+	return nil
+}
+
+// latencyRun measures one run of the latency section, with pg2kafka given
+// v's settings beside the suite's.
+func (b *bench) latencyRun(ctx context.Context, v latencyVariant) (*latencyResult, error) {
 	cfg := b.cfg.Latency
 	total := int(float64(cfg.Rate) * time.Duration(cfg.Duration).Seconds())
 	if err := truncate(ctx, b.pool, latencyTable, "pg2kafka.outbound_event_queue"); err != nil {
-		return err
+		return nil, err
 	}
 	topic := b.topic(latencyTable)
+	b.deleteTopic(ctx, topic) // the last run's records would count as this one's
 	if err := b.createTopic(ctx, topic); err != nil {
-		return err
+		return nil, err
 	}
 
 	// Every time is taken as time.Since(base), on the monotonic clock.
 	base := time.Now()
 	consumer, err := startArrivals(ctx, b.broker, topic, total, base)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer consumer.stop()
-	shipper, err := b.startShipper(b.bin.pg2kafka, b.cfg.BatchSize)
+	shipper, times, err := b.startTimedShipper(base, v.Env...)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer func() { _, _ = shipper.Stop(stopTimeout) }() // for early returns; the normal path checks it
 	if err := b.warmUp(ctx, consumer); err != nil {
-		return err
+		return nil, err
 	}
 
 	sampler := sampleDepth(ctx, b.pool, time.Second)
 	defer sampler.stop()
-	b.log.Info("writing at a fixed rate", "rate", cfg.Rate, "duration", time.Duration(cfg.Duration), "writers", cfg.Writers)
+	b.log.Info("writing at a fixed rate", "rate", cfg.Rate, "duration", time.Duration(cfg.Duration), "writers", cfg.Writers, "variant", v.Name)
 	commits, writeTime, err := b.writeAtRate(ctx, total, base)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	endDepth, err := queueDepth(ctx, b.pool)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	consumer.waitFor(ctx, total, time.Duration(b.cfg.Timeout))
 	maxDepth := sampler.stop()
 	if _, err := shipper.Stop(stopTimeout); err != nil {
-		return err
+		return nil, err
+	}
+	if err := times.wait(ctx); err != nil {
+		return nil, err
 	}
 
 	r := latencyResult{
@@ -94,11 +127,17 @@ func (b *bench) runLatency(ctx context.Context) error {
 		AchievedRate: float64(total) / writeTime.Seconds(),
 		MaxDepth:     max(maxDepth, endDepth),
 		EndDepth:     endDepth,
+		Variant:      v.Name,
+		Env:          v.Env,
 	}
-	r.addLatencies(commits, consumer.stop())
-	b.report.Latency = &r
-	b.log.Info("latency", "p50_ms", r.P50Ms, "p99_ms", r.P99Ms, "max_ms", r.MaxMs, "achieved_rate", int(r.AchievedRate), "max_queue_depth", r.MaxDepth, "missing", r.Missing)
-	return nil
+	arrived := consumer.stop()
+	r.Breakdown, r.Timed = times.breakdown(commits, arrived, consumer.uuids)
+	r.addLatencies(commits, arrived)
+	b.log.Info("latency", "variant", v.Name, "p50_ms", r.P50Ms, "p99_ms", r.P99Ms, "max_ms", r.MaxMs, "achieved_rate", int(r.AchievedRate), "max_queue_depth", r.MaxDepth, "missing", r.Missing)
+	for _, s := range r.Breakdown {
+		b.log.Info("latency breakdown", "variant", v.Name, "stage", s.Stage, "p50_ms", s.P50Ms, "p99_ms", s.P99Ms, "max_ms", s.MaxMs)
+	}
+	return &r, nil
 }
 
 // addLatencies sums up arrival minus commit of rows 1..len-1, both indexed
@@ -194,6 +233,8 @@ type arrivals struct {
 	// at is indexed by row id; only the consuming goroutine writes it, and
 	// it is read once that goroutine has ended.
 	at []time.Duration
+	// uuids holds each row's event uuid, as its header gives it.
+	uuids []string
 }
 
 func startArrivals(ctx context.Context, broker, topic string, total int, base time.Time) (*arrivals, error) {
@@ -213,6 +254,7 @@ func startArrivals(ctx context.Context, broker, topic string, total int, base ti
 		done:   make(chan struct{}),
 		probe:  make(chan struct{}),
 		at:     make([]time.Duration, total+1),
+		uuids:  make([]string, total+1),
 	}
 	go a.consume(ctx, base)
 	return a, nil
@@ -243,6 +285,11 @@ func (a *arrivals) consume(ctx context.Context, base time.Time) {
 			case id >= 1 && id < int64(len(a.at)) && a.at[id] == 0:
 				a.at[id] = now
 				a.received.Add(1)
+				for _, h := range r.Headers {
+					if h.Key == shipper.HeaderEventID {
+						a.uuids[id] = string(h.Value)
+					}
+				}
 			}
 		})
 	}

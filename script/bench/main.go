@@ -28,6 +28,7 @@
 //	go run ./script/bench                   # the full suite, several minutes
 //	go run ./script/bench -only drain,latency
 //	go run ./script/bench -shipper-env POLL_INTERVAL=5ms -only latency
+//	go run ./script/bench -only latency -latency-rate 1000 -latency-variant "poll5ms POLL_INTERVAL=5ms"
 //	go run ./script/bench -only drain -cpuprofile cpu.pprof
 //	go run ./script/bench -quick -only webhook,rabbitmq
 //

@@ -163,6 +163,18 @@ func (r *report) rows() []row {
 		if l.Missing > 0 {
 			rows = append(rows, row{Measure: "events not consumed within -timeout", Value: thousands(l.Missing)})
 		}
+		rows = append(rows, l.breakdownRows("")...)
+		for _, v := range l.Variants {
+			ratio := ""
+			if l.P99Ms > 0 {
+				ratio = fmt.Sprintf(", p99 %.2f× the first run's", v.P99Ms/l.P99Ms)
+			}
+			rows = append(rows, row{
+				Measure: fmt.Sprintf("latency with %s (%s), p50 / p99 / max at %s/s", v.Variant, strings.Join(v.Env, " "), thousands(v.TargetRate)),
+				Value:   fmt.Sprintf("%.1f / %.1f / %.1f ms%s; %s commits/s, %d missing", v.P50Ms, v.P99Ms, v.MaxMs, ratio, thousands(int64(v.AchievedRate)), v.Missing),
+			})
+			rows = append(rows, v.breakdownRows(v.Variant)...)
+		}
 	}
 	if w := r.WritePath; w != nil {
 		for _, v := range writeVariants {
@@ -305,4 +317,23 @@ func thousands[T int | int64](n T) string {
 		b.WriteRune(c)
 	}
 	return b.String()
+}
+
+// breakdownRows are the latency breakdown's rows, p50 / p99 / max per stage.
+func (l *latencyResult) breakdownRows(variant string) []row {
+	var rows []row
+	label := "latency breakdown"
+	if variant != "" {
+		label += " with " + variant
+	}
+	for _, s := range l.Breakdown {
+		rows = append(rows, row{
+			Measure: fmt.Sprintf("%s at %s/s: %s", label, thousands(l.TargetRate), strings.TrimSpace(s.Stage)),
+			Value:   fmt.Sprintf("%.2f / %.2f / %.2f ms", s.P50Ms, s.P99Ms, s.MaxMs),
+		})
+	}
+	if len(l.Breakdown) > 0 && l.Timed < l.Received {
+		rows = append(rows, row{Measure: label + ": events untimed", Value: thousands(int64(l.Received - l.Timed))})
+	}
+	return rows
 }

@@ -20,35 +20,37 @@ const (
 	sectionWrite   = "write"
 	sectionScaling = "scaling"
 	// sectionWebhook and sectionRabbitMQ measure those destinations.
-	sectionWebhook  = "webhook"
-	sectionRabbitMQ = "rabbitmq"
-	sectionPinned   = "pinned"
-	sectionPaused   = "paused"
+	sectionWebhook   = "webhook"
+	sectionRabbitMQ  = "rabbitmq"
+	sectionPinned    = "pinned"
+	sectionPaused    = "paused"
+	sectionIsolation = "isolation"
 )
 
-var allSections = []string{sectionRaw, sectionDrain, sectionLatency, sectionWrite, sectionScaling, sectionWebhook, sectionRabbitMQ, sectionFormats, sectionPinned, sectionPaused}
+var allSections = []string{sectionRaw, sectionDrain, sectionLatency, sectionWrite, sectionScaling, sectionWebhook, sectionRabbitMQ, sectionFormats, sectionPinned, sectionPaused, sectionIsolation}
 
 // config is the suite's settings, read once from the flags.
 type config struct {
-	AdminURL    string        `json:"-"` // may hold a password
-	Database    string        `json:"database"`
-	Sections    []string      `json:"sections"`
-	Quick       bool          `json:"quick"`
-	ReportPath  string        `json:"report"`
-	Events      int           `json:"events"`
-	BatchSize   int           `json:"batch_size"`
-	Partitions  int           `json:"partitions"`
-	ShipperEnv  []string      `json:"shipper_env,omitempty"`
-	Timeout     jsonDuration  `json:"timeout"`
-	Latency     latencyConfig `json:"latency"`
-	Write       writeConfig   `json:"write_path"`
-	Scaling     scalingConfig `json:"scaling"`
-	Webhook     webhookConfig `json:"webhook"`
-	RabbitMQ    rabbitConfig  `json:"rabbitmq"`
-	Pinned      pinnedConfig  `json:"pinned"`
-	Paused      pausedConfig  `json:"paused"`
-	Compression []string      `json:"compression_codecs"`
-	CPUProfile  string        `json:"cpu_profile,omitempty"`
+	AdminURL    string          `json:"-"` // may hold a password
+	Database    string          `json:"database"`
+	Sections    []string        `json:"sections"`
+	Quick       bool            `json:"quick"`
+	ReportPath  string          `json:"report"`
+	Events      int             `json:"events"`
+	BatchSize   int             `json:"batch_size"`
+	Partitions  int             `json:"partitions"`
+	ShipperEnv  []string        `json:"shipper_env,omitempty"`
+	Timeout     jsonDuration    `json:"timeout"`
+	Latency     latencyConfig   `json:"latency"`
+	Write       writeConfig     `json:"write_path"`
+	Scaling     scalingConfig   `json:"scaling"`
+	Webhook     webhookConfig   `json:"webhook"`
+	RabbitMQ    rabbitConfig    `json:"rabbitmq"`
+	Pinned      pinnedConfig    `json:"pinned"`
+	Paused      pausedConfig    `json:"paused"`
+	Isolation   isolationConfig `json:"isolation"`
+	Compression []string        `json:"compression_codecs"`
+	CPUProfile  string          `json:"cpu_profile,omitempty"`
 
 	args     []string        // as given, for the report
 	flagsSet map[string]bool // the flags given explicitly, which -quick leaves alone
@@ -104,6 +106,11 @@ type pinnedConfig struct {
 	Backlog    int          `json:"backlog"`
 	Rate       int          `json:"rate"`
 	IdleWindow jsonDuration `json:"idle_window"`
+}
+
+type isolationConfig struct {
+	Backlogs []int `json:"paused_backlogs"`
+	Drain    int   `json:"drain_events"`
 }
 
 type pausedConfig struct {
@@ -169,6 +176,18 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&cfg.Pinned.Rate, "pinned-rate", 1000, "commits per second of the pinned section's latency runs, each -latency-duration long")
 	fs.DurationVar(&idleWindow, "idle-window", 10*time.Second, "how long the pinned section measures pg2kafka's CPU while it is idle")
 	fs.IntVar(&cfg.Paused.Paused, "paused-events", 1_000_000, "events of a paused table queued ahead of the flowing table's in the paused section")
+	fs.Func("isolation-backlogs", "comma-separated backlogs of a table whose topic is missing, beside which the isolation section runs the flowing table (default 100000,1000000)", func(v string) error {
+		cfg.Isolation.Backlogs = nil
+		for _, f := range strings.Split(v, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 1 {
+				return fmt.Errorf("%q is not a positive whole number", f)
+			}
+			cfg.Isolation.Backlogs = append(cfg.Isolation.Backlogs, n)
+		}
+		return nil
+	})
+	fs.IntVar(&cfg.Isolation.Drain, "isolation-drain", 100_000, "events of the flowing table the isolation section drains in a burst after its latency run")
 	fs.IntVar(&cfg.Paused.Flowing, "paused-flowing", 200_000, "events of the flowing table the paused section drains past them")
 	fs.StringVar(&codecs, "compression-codecs", "none,snappy,lz4,zstd", "codecs to drain with, each a full drain of -events, if pg2kafka has a compression setting")
 	fs.IntVar(&cfg.Webhook.Events, "webhook-events", 100_000, "events queued for each of the webhook section's drains (batch 1 and batch 100)")
@@ -187,6 +206,9 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 
 	if cfg.Quick {
 		cfg.quicken(&timeout, &latencyDuration, &writeDuration, &webhookLatency, &idleWindow)
+	}
+	if cfg.Isolation.Backlogs == nil {
+		cfg.Isolation.Backlogs = []int{100_000, 1_000_000}
 	}
 	cfg.Pinned.IdleWindow = jsonDuration(idleWindow)
 	cfg.Timeout = jsonDuration(timeout)
@@ -229,6 +251,8 @@ func (c *config) quicken(timeout, latencyDuration, writeDuration, webhookLatency
 	set("idle-window", func() { *idleWindow = 3 * time.Second })
 	set("paused-events", func() { c.Paused.Paused = 100_000 })
 	set("paused-flowing", func() { c.Paused.Flowing = 20_000 })
+	set("isolation-backlogs", func() { c.Isolation.Backlogs = []int{10_000, 100_000} })
+	set("isolation-drain", func() { c.Isolation.Drain = 20_000 })
 }
 
 var (
@@ -261,6 +285,7 @@ func (c *config) validate() error {
 		{"-pinned-rate", c.Pinned.Rate},
 		{"-paused-events", c.Paused.Paused},
 		{"-paused-flowing", c.Paused.Flowing},
+		{"-isolation-drain", c.Isolation.Drain},
 	}
 	for _, p := range positive {
 		if p.value < 1 {

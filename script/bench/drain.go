@@ -277,7 +277,7 @@ func (b *bench) deleteTopic(ctx context.Context, topic string) {
 	if err == nil {
 		err = resp.Error()
 	}
-	if err != nil {
+	if err != nil && !errors.Is(err, kerr.UnknownTopicOrPartition) {
 		b.log.Warn("could not delete a drained topic", "topic", topic, "error", err)
 	}
 }

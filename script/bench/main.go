@@ -19,7 +19,10 @@
 //  8. pinned:  idle cost, empty claims, latency and drain rate with and
 //     without a snapshot held open beside pg2kafka (pg_dump, a report);
 //  9. paused:  the claim path's drain rate of a flowing table with a paused
-//     table's backlog queued ahead of it, and with none.
+//     table's backlog queued ahead of it, and with none;
+//  10. isolation: the whole of pg2kafka beside a table whose topic is missing
+//     with 100k and 1M events queued, and with none: the flowing table's
+//     commit→consumer p99 and burst drain rate.
 //
 // It prints a markdown table with the targets to stdout, writes the
 // details as JSON to -report, and logs progress to stderr:
@@ -141,16 +144,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 
 func (b *bench) runSections(ctx context.Context) error {
 	sections := map[string]func(context.Context) error{
-		sectionRaw:      b.runRaw,
-		sectionDrain:    b.runDrain,
-		sectionLatency:  b.runLatency,
-		sectionWrite:    b.runWritePath,
-		sectionScaling:  b.runScaling,
-		sectionWebhook:  b.runWebhook,
-		sectionRabbitMQ: b.runRabbitMQ,
-		sectionFormats:  b.runFormats,
-		sectionPinned:   b.runPinned,
-		sectionPaused:   b.runPaused,
+		sectionRaw:       b.runRaw,
+		sectionDrain:     b.runDrain,
+		sectionLatency:   b.runLatency,
+		sectionWrite:     b.runWritePath,
+		sectionScaling:   b.runScaling,
+		sectionWebhook:   b.runWebhook,
+		sectionRabbitMQ:  b.runRabbitMQ,
+		sectionFormats:   b.runFormats,
+		sectionPinned:    b.runPinned,
+		sectionPaused:    b.runPaused,
+		sectionIsolation: b.runIsolation,
 	}
 	for _, name := range b.cfg.Sections {
 		b.log.Info("section", "name", name)

@@ -30,22 +30,23 @@ const (
 
 // report is everything measured, written as JSON and summed up as a table.
 type report struct {
-	Command   string          `json:"command"`
-	Started   time.Time       `json:"started"`
-	Machine   machine         `json:"machine"`
-	Config    *config         `json:"config"`
-	Raw       []rawResult     `json:"raw_drain,omitempty"`
-	Drain     *drainSection   `json:"drain,omitempty"`
-	Latency   *latencyResult  `json:"latency,omitempty"`
-	WritePath *writeResult    `json:"write_path,omitempty"`
-	Scaling   []drainResult   `json:"scaling,omitempty"`
-	Webhook   *webhookResult  `json:"webhook,omitempty"`
-	RabbitMQ  *rabbitResult   `json:"rabbitmq,omitempty"`
-	Formats   *formatsSection `json:"formats,omitempty"`
-	Pinned    *pinnedResult   `json:"pinned,omitempty"`
-	Paused    *pausedResult   `json:"paused,omitempty"`
-	Table     []row           `json:"table"`
-	Error     string          `json:"error,omitempty"`
+	Command   string           `json:"command"`
+	Started   time.Time        `json:"started"`
+	Machine   machine          `json:"machine"`
+	Config    *config          `json:"config"`
+	Raw       []rawResult      `json:"raw_drain,omitempty"`
+	Drain     *drainSection    `json:"drain,omitempty"`
+	Latency   *latencyResult   `json:"latency,omitempty"`
+	WritePath *writeResult     `json:"write_path,omitempty"`
+	Scaling   []drainResult    `json:"scaling,omitempty"`
+	Webhook   *webhookResult   `json:"webhook,omitempty"`
+	RabbitMQ  *rabbitResult    `json:"rabbitmq,omitempty"`
+	Formats   *formatsSection  `json:"formats,omitempty"`
+	Pinned    *pinnedResult    `json:"pinned,omitempty"`
+	Paused    *pausedResult    `json:"paused,omitempty"`
+	Isolation *isolationResult `json:"isolation,omitempty"`
+	Table     []row            `json:"table"`
+	Error     string           `json:"error,omitempty"`
 }
 
 type machine struct {
@@ -237,6 +238,7 @@ func (r *report) rows() []row {
 	}
 	rows = append(rows, r.pinnedRows()...)
 	rows = append(rows, r.pausedRows()...)
+	rows = append(rows, r.isolationRows()...)
 	return rows
 }
 

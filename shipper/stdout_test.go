@@ -60,3 +60,18 @@ func (r *linesReceiver) Received(t testing.TB) []sinktest.Delivery {
 	}
 	return got
 }
+
+// A Debezium tombstone, a message without a value, is a line whose value is
+// null.
+func TestWriterSinkTombstone(t *testing.T) {
+	t.Parallel()
+	var out bytes.Buffer
+	sink := shipper.NewWriterSink(&out)
+	errs := sink.Send(t.Context(), []shipper.Message{{Topic: "t", Key: []byte("A1"), Headers: []shipper.Header{{Key: "pg2kafka-statement", Value: []byte("DELETE")}}}})
+	if errs[0] != nil {
+		t.Fatal(errs[0])
+	}
+	if want := `{"topic":"t","key":"A1","value":null,"headers":{"pg2kafka-statement":"DELETE"}}` + "\n"; out.String() != want {
+		t.Errorf("line %q, want %q", out.String(), want)
+	}
+}

@@ -69,7 +69,7 @@ type environment struct {
 // is the default.
 func commands() []command {
 	return []command{
-		{"ship", "ship queued events to Kafka (the default)", runShip},
+		{"ship", "ship queued events to the destination (the default)", runShip},
 		{"migrate", "install or upgrade the pg2kafka schema, print its version", runMigrate},
 		{"status", "show the queue, the tables, the shippers; exit 1 if something needs attention", runStatus},
 		{"setup", "track a table: pg2kafka setup TABLE KEY_COLUMN [options]", runSetup},

@@ -422,14 +422,23 @@ func (s *session) publish(ctx context.Context, w *wait, i int, m *shipper.Messag
 // what is still pending.
 func (s *session) loop(confirms <-chan amqp.Confirmation, returns <-chan amqp.Return, closed <-chan *amqp.Error) {
 	// A return comes before its message's confirm, from the same reader,
-	// so the returns are taken before each confirm is settled.
+	// so the returns are taken before each confirm is settled. The client
+	// closes returns with the channel: a closed one is done with, not read
+	// again.
+	noteReturn := func(r amqp.Return, ok bool) {
+		if !ok {
+			returns = nil
+			return
+		}
+		s.mu.Lock()
+		s.returned[r.MessageId]++
+		s.mu.Unlock()
+	}
 	takeReturns := func() {
-		for {
+		for returns != nil {
 			select {
-			case r := <-returns:
-				s.mu.Lock()
-				s.returned[r.MessageId]++
-				s.mu.Unlock()
+			case r, ok := <-returns:
+				noteReturn(r, ok)
 			default:
 				return
 			}
@@ -462,10 +471,8 @@ func (s *session) loop(confirms <-chan amqp.Confirmation, returns <-chan amqp.Re
 			if p != nil {
 				p.w.settle(p.i, err)
 			}
-		case r := <-returns:
-			s.mu.Lock()
-			s.returned[r.MessageId]++
-			s.mu.Unlock()
+		case r, ok := <-returns:
+			noteReturn(r, ok)
 		}
 	}
 }
@@ -493,5 +500,8 @@ func (s *session) die(reason *amqp.Error) {
 	_ = s.conn.Close()
 }
 
-// unavailable is the error of a target that cannot take events now.
-func unavailable(target string, err error) error { return err }
+// unavailable is the error of a target that cannot take events now: the
+// shipper pauses its table alone.
+func unavailable(target string, err error) error {
+	return &shipper.UnavailableError{Target: target, Err: err}
+}

@@ -39,10 +39,12 @@ var _ shipper.Sink = (*Sink)(nil)
 //
 // Answers: 2xx acknowledges. 400, 413 and 422 refuse the event: a request of
 // several events is halved until the refused one is alone, and that one
-// fails with a *shipper.RejectedError. Anything else (408, 429, 5xx, 401,
-// 403, 404, 405, redirects, no answer in time, no connection) fails the
-// events with an *Error, to be retried after its RetryAfter if the endpoint
-// gave one.
+// fails with a *shipper.RejectedError. Any other answer (408, 429, 5xx, 401,
+// 403, 404, 405, redirects) fails the events with a
+// *shipper.UnavailableError around an *Error, carrying the endpoint's
+// Retry-After: the shipper pauses that table, and the rest of the Send's
+// events for the endpoint fail at once. No answer in time, or no
+// connection, fails them with an *Error, retried with backoff.
 //
 // Order: the messages of one key to one endpoint are sent one request after
 // the other, and once one fails the rest are not sent; other keys go in
@@ -145,6 +147,10 @@ type sendState struct {
 	// failed holds the keys whose messages failed in this Send, with the
 	// failure, so that later messages of theirs are held back.
 	failed map[keyOf]error
+	// down holds the endpoints that answered as unable to take events in
+	// this Send: their batches not yet sent fail at once, as the contract
+	// asks, rather than wait on an endpoint known to be failing.
+	down map[string]error
 	// attempts and firstFailed count the failed sends of each message, for
 	// the RejectedError of one refused.
 	attempts    []int
@@ -167,6 +173,7 @@ func (s *Sink) Send(ctx context.Context, msgs []shipper.Message) []error {
 		msgs:        msgs,
 		errs:        make([]error, len(msgs)),
 		failed:      make(map[keyOf]error),
+		down:        make(map[string]error),
 		attempts:    make([]int, len(msgs)),
 		firstFailed: make([]time.Time, len(msgs)),
 	}
@@ -287,6 +294,13 @@ func (s *Sink) deliver(st *sendState, slots chan struct{}, u string, idx []int) 
 	if len(idx) == 0 {
 		return
 	}
+	st.mu.Lock()
+	down := st.down[u]
+	st.mu.Unlock()
+	if down != nil {
+		st.fail(u, idx, down)
+		return
+	}
 	select {
 	case slots <- struct{}{}:
 	case <-st.ctx.Done():
@@ -309,6 +323,13 @@ func (s *Sink) deliver(st *sendState, slots chan struct{}, u string, idx []int) 
 	st.mu.Unlock()
 	var refused *refusedError
 	if !errors.As(err, &refused) {
+		if _, ok := errors.AsType[*shipper.UnavailableError](err); ok {
+			st.mu.Lock()
+			if st.down[u] == nil {
+				st.down[u] = err
+			}
+			st.mu.Unlock()
+		}
 		st.fail(u, idx, err)
 		return
 	}
@@ -417,19 +438,26 @@ func (s *Sink) post(parent context.Context, u string, msgs []shipper.Message, id
 	case c == http.StatusBadRequest || c == http.StatusRequestEntityTooLarge || c == http.StatusUnprocessableEntity:
 		return &refusedError{fmt.Sprintf("webhook: %s refused the event: %s", shown, status)}
 	case c == http.StatusUnauthorized || c == http.StatusForbidden:
-		return &Error{URL: shown, Status: c, Err: fmt.Errorf("webhook: %s refused pg2kafka's credentials: %s; check the Authorization in WEBHOOK_HEADERS", shown, status)}
+		return unavailable(&Error{URL: shown, Status: c, Err: fmt.Errorf("webhook: %s refused pg2kafka's credentials: %s; check the Authorization in WEBHOOK_HEADERS", shown, status)})
 	case c == http.StatusNotFound || c == http.StatusMethodNotAllowed:
-		return &Error{URL: shown, Status: c, Err: fmt.Errorf("webhook: %s is not an endpoint accepting POST: %s; check WEBHOOK_URL", shown, status)}
+		return unavailable(&Error{URL: shown, Status: c, Err: fmt.Errorf("webhook: %s is not an endpoint accepting POST: %s; check WEBHOOK_URL", shown, status)})
 	case c >= 300 && c < 400:
-		return &Error{URL: shown, Status: c, Err: fmt.Errorf("webhook: %s redirects to %q (%s); set WEBHOOK_URL to where it redirects", shown, redact(resp.Header.Get("Location")), resp.Status)}
+		return unavailable(&Error{URL: shown, Status: c, Err: fmt.Errorf("webhook: %s redirects to %q (%s); set WEBHOOK_URL to where it redirects", shown, redact(resp.Header.Get("Location")), resp.Status)})
 	default:
 		retryAfter := parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
 		msg := fmt.Sprintf("webhook: %s answered %s", shown, status)
 		if retryAfter > 0 {
 			msg += fmt.Sprintf(" (retry after %v)", retryAfter)
 		}
-		return &Error{URL: shown, Status: c, RetryAfter: retryAfter, Err: errors.New(msg)}
+		return unavailable(&Error{URL: shown, Status: c, RetryAfter: retryAfter, Err: errors.New(msg)})
 	}
+}
+
+// unavailable wraps the answer of an endpoint that cannot take events now
+// (5xx, 429, wrong credentials or address) so that the shipper pauses the
+// endpoint's table alone, for the endpoint's Retry-After if it gave one.
+func unavailable(e *Error) error {
+	return &shipper.UnavailableError{Target: e.URL, Err: e, RetryAfter: e.RetryAfter}
 }
 
 // parseRetryAfter reads a Retry-After header: seconds, or an HTTP date.

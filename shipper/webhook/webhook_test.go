@@ -421,6 +421,7 @@ func TestOutcomes(t *testing.T) {
 			err := s.Send(context.Background(), sinktest.Messages("outcome", 1))[0]
 			rej, isRejected := errors.AsType[*shipper.RejectedError](err)
 			werr, isRetry := errors.AsType[*webhook.Error](err)
+			unavailable, isUnavailable := errors.AsType[*shipper.UnavailableError](err)
 			switch {
 			case c.want == "ack" && err != nil:
 				t.Fatalf("%v; want acknowledged", err)
@@ -432,6 +433,8 @@ func TestOutcomes(t *testing.T) {
 				t.Fatalf("%v (%T); want a *webhook.Error, retried and never dead-lettered", err, err)
 			case c.want == "retry" && (werr.Status != c.status || werr.RetryAfter < c.wantAfter-2*time.Second || werr.RetryAfter > c.wantAfter):
 				t.Errorf("status %d, retry after %v; want %d, %v", werr.Status, werr.RetryAfter, c.status, c.wantAfter)
+			case c.want == "retry" && (!isUnavailable || unavailable.RetryAfter != werr.RetryAfter || unavailable.Target != srv.URL):
+				t.Errorf("%v; want a *shipper.UnavailableError for %s, so that the table pauses, with the endpoint's Retry-After", err, srv.URL)
 			}
 			if err != nil && !strings.Contains(err.Error(), c.mention) {
 				t.Errorf("error %q does not mention %q", err, c.mention)
@@ -583,7 +586,7 @@ func TestValidate(t *testing.T) {
 }
 
 // One key never has two requests in flight; different keys go in parallel,
-// and a key that fails holds back only its own events.
+// and a key whose request times out holds back only its own events.
 func TestOneRequestInFlightPerKey(t *testing.T) {
 	t.Parallel()
 	var mu sync.Mutex
@@ -604,20 +607,20 @@ func TestOneRequestInFlightPerKey(t *testing.T) {
 			t.Errorf("key %q has %d requests in flight", e.ExternalID, inFlight[e.ExternalID])
 		}
 		mu.Unlock()
-		time.Sleep(2 * time.Millisecond) // the receiver's work
+		if e.ExternalID == "bad" {
+			<-r.Context().Done() // no answer: the request times out
+		} else {
+			time.Sleep(2 * time.Millisecond) // the receiver's work
+		}
 		mu.Lock()
 		inFlight[e.ExternalID]--
 		total--
 		received = append(received, e.ExternalID)
-		status := http.StatusNoContent
-		if e.ExternalID == "bad" {
-			status = http.StatusInternalServerError
-		}
 		mu.Unlock()
-		w.WriteHeader(status)
+		w.WriteHeader(http.StatusNoContent)
 	}))
 	t.Cleanup(srv.Close)
-	s := newSink(t, webhook.Config{URL: srv.URL, Concurrency: 8})
+	s := newSink(t, webhook.Config{URL: srv.URL, Concurrency: 8, Timeout: 300 * time.Millisecond})
 	msgs := sinktest.Messages("inflight", 100, []byte("a"), []byte("b"), []byte("c"), []byte("d"), []byte("bad"))
 	errs := s.Send(context.Background(), msgs)
 	for i, err := range errs {
@@ -641,5 +644,42 @@ func TestOneRequestInFlightPerKey(t *testing.T) {
 	}
 	if bad != 1 {
 		t.Errorf("the failing key was sent %d times; want once, its later events held back", bad)
+	}
+}
+
+// An endpoint answering 503 is unusable for now: the Send's events for it
+// that are not yet sent fail at once, without a request each, while another
+// endpoint's go through.
+func TestUnavailableEndpointFailsAtOnce(t *testing.T) {
+	t.Parallel()
+	var down, up atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/down" {
+			down.Add(1)
+			w.Header().Set("Retry-After", "5")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		up.Add(1)
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(srv.Close)
+	s := newSink(t, webhook.Config{URL: srv.URL + "/{table}", Concurrency: 1})
+	msgs := append(sinktest.Messages("down", 20, []byte("a"), []byte("b"), []byte("c"), []byte("d")), sinktest.Messages("up", 20, []byte("a"))...)
+	errs := s.Send(context.Background(), msgs)
+	for i, err := range errs {
+		u, ok := errors.AsType[*shipper.UnavailableError](err)
+		switch {
+		case i < 20 && (!ok || u.Target != srv.URL+"/down" || u.RetryAfter != 5*time.Second):
+			t.Errorf("message %d to the failing endpoint: %v; want a *shipper.UnavailableError for it, retry after 5s", i, err)
+		case i >= 20 && err != nil:
+			t.Errorf("message %d to the other endpoint: %v", i, err)
+		}
+	}
+	if n := down.Load(); n != 1 {
+		t.Errorf("the failing endpoint got %d requests; want 1, the rest failed at once", n)
+	}
+	if n := up.Load(); n != 20 {
+		t.Errorf("the other endpoint got %d requests; want its 20", n)
 	}
 }

@@ -60,7 +60,8 @@ const appliedAll = "level=INFO msg=\"applied migration\" version=1 file=00001_ou
 	"level=INFO msg=\"applied migration\" version=7 file=00007_status_reads.sql\n" +
 	"level=INFO msg=\"applied migration\" version=8 file=00008_full_row.sql\n" +
 	"level=INFO msg=\"applied migration\" version=9 file=00009_setup_notice.sql\n" +
-	"level=INFO msg=\"applied migration\" version=10 file=00010_claim_sequence.sql\n"
+	"level=INFO msg=\"applied migration\" version=10 file=00010_claim_sequence.sql\n" +
+	"level=INFO msg=\"applied migration\" version=11 file=00011_emit.sql\n"
 
 type gooseVersion struct {
 	VersionID int64 `db:"version_id"`
@@ -69,7 +70,7 @@ type gooseVersion struct {
 
 // allVersions is what Goose's version table holds once every migration is
 // applied.
-var allVersions = []gooseVersion{{0, true}, {1, true}, {2, true}, {3, true}, {4, true}, {5, true}, {6, true}, {7, true}, {8, true}, {9, true}, {10, true}}
+var allVersions = []gooseVersion{{0, true}, {1, true}, {2, true}, {3, true}, {4, true}, {5, true}, {6, true}, {7, true}, {8, true}, {9, true}, {10, true}, {11, true}}
 
 // requireVersions fails the test unless Goose's version table holds want.
 func requireVersions(t *testing.T, ctx context.Context, pool *pgxpool.Pool, want ...gooseVersion) {
@@ -111,9 +112,14 @@ var latestObjects = []string{
 	"S outbound_event_queue_id_seq",
 	"function pg2kafka.backfill(regclass,integer)",
 	"function pg2kafka.backfill_chunk(regclass,integer)",
+	"function pg2kafka.emit(text,text,json,jsonb)",
+	"function pg2kafka.emit(text,text,jsonb,jsonb)",
+	"function pg2kafka.emit(text,text,text,jsonb)",
+	"function pg2kafka.enqueue_emitted(text,text,jsonb,integer,jsonb)",
 	"function pg2kafka.enqueue_event()",
 	"function pg2kafka.enqueue_snapshot(pg2kafka.tracked_tables,text[],jsonb,jsonb)",
 	"function pg2kafka.event_uuid(bigint,timestamp with time zone)",
+	"function pg2kafka.grant_emitter_privileges()",
 	"function pg2kafka.grant_shipper_privileges()",
 	"function pg2kafka.guard(regclass)",
 	"function pg2kafka.refuse_truncate()",
@@ -125,11 +131,13 @@ var latestObjects = []string{
 	"i dead_letter_events_pkey",
 	"i installation_pkey",
 	"i outbound_event_queue_pkey",
+	"i settings_pkey",
 	"i tracked_tables_pkey",
 	"r backfills",
 	"r dead_letter_events",
 	"r installation",
 	"r outbound_event_queue",
+	"r settings",
 	"r tracked_tables",
 }
 

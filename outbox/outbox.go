@@ -18,7 +18,11 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// Event is one queued change, as the trigger or setup() wrote it.
+// Event is one queued change, as the trigger or setup() wrote it, or one
+// event of pg2kafka.emit() (Statement StatementEvent), whose ExternalID is
+// the record key, Topic the topic, Data the payload (a JSON string holding
+// its exact text, or the jsonb value itself) and Old the headers, a JSON
+// object of strings or nil.
 type Event struct {
 	ID          int64     `db:"id"`
 	UUID        uuid.UUID `db:"uuid"`
@@ -36,13 +40,18 @@ type Event struct {
 	Topic *string `db:"topic"`
 }
 
+// StatementEvent is the statement of an event queued by pg2kafka.emit().
+const StatementEvent = "EVENT"
+
 // Table names a tracked table as its events record it.
 type Table struct {
 	Schema string
 	Name   string
 }
 
-// Table returns the table the event came from.
+// Table returns the table the event came from; for an event of
+// pg2kafka.emit(), Schema "" (which no schema is named) and Name its topic,
+// so that what is done per table is done per topic for emitted events.
 func (e *Event) Table() Table { return Table{Schema: e.TableSchema, Name: e.TableName} }
 
 // Connect opens a connection pool for the shipper and waits until Postgres

@@ -46,12 +46,14 @@ func appendEvent(dst []byte, e *outbox.Event) []byte {
 // appendEvent appends.
 const uuidOffset = len(`{"uuid":"`)
 
-// The headers of every record.
+// The headers of every record. An event of pg2kafka.emit() carries the
+// first two, then its own.
 const (
 	// HeaderEventID is the event's uuid, the same in every copy of the
 	// event that at-least-once delivery may produce.
 	HeaderEventID = "pg2kafka-event-id"
-	// HeaderStatement is INSERT, UPDATE, DELETE or SNAPSHOT.
+	// HeaderStatement is INSERT, UPDATE, DELETE or SNAPSHOT, or EVENT for
+	// an event of pg2kafka.emit().
 	HeaderStatement = "pg2kafka-statement"
 	// HeaderTable is the event's table as schema.table, the names as
 	// setup() recorded them, unquoted.
@@ -65,6 +67,7 @@ var statementValues = map[string][]byte{
 	"UPDATE":   []byte("UPDATE"),
 	"DELETE":   []byte("DELETE"),
 	"SNAPSHOT": []byte("SNAPSHOT"),
+	"EVENT":    []byte("EVENT"),
 }
 
 // appendCompactJSONB appends jsonb's text form without the space jsonb

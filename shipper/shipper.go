@@ -454,6 +454,17 @@ func (w *worker) encode(events []outbox.Event) (msgs []Message, ids []int64, fir
 	headers := make([]Header, 3*len(events))
 	for i := range events {
 		e := &events[i]
+		ids[i] = e.ID
+		if e.Statement == outbox.StatementEvent {
+			// The application's own record, in every format.
+			var m Message
+			m, arena = w.encodeEmitted(arena, e)
+			if firsts != nil {
+				firsts[i] = len(msgs)
+			}
+			msgs = append(msgs, m)
+			continue
+		}
 		// A topic chosen in setup() travels with the event, so that
 		// changing it does not move events already queued.
 		topic := w.topic(e.Table())
@@ -462,9 +473,7 @@ func (w *worker) encode(events []outbox.Event) (msgs []Message, ids []int64, fir
 		}
 		start := len(arena)
 		var value, eventID []byte
-		// An emitted event (statement EVENT) takes the default path in
-		// every format: its value is its payload, untouched.
-		if w.cfg.Format == FormatPg2kafka || e.Statement == statementEvent {
+		if w.cfg.Format == FormatPg2kafka {
 			arena = appendEvent(arena, e)
 			value = arena[start:len(arena):len(arena)]
 			eventID = value[uuidOffset : uuidOffset+36 : uuidOffset+36]
@@ -499,7 +508,6 @@ func (w *worker) encode(events []outbox.Event) (msgs []Message, ids []int64, fir
 		if m.Key != nil && tombstones > 0 && e.Statement == "DELETE" {
 			msgs = append(msgs, Message{Topic: topic, Key: m.Key, Headers: h, Timestamp: e.CreatedAt})
 		}
-		ids[i] = e.ID
 	}
 	return msgs, ids, firsts
 }

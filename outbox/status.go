@@ -58,7 +58,9 @@ type QueuedEvent struct {
 }
 
 // TableStatus is one table's part of the status: its options when it is
-// tracked, its events queued and dead-lettered, its backfill.
+// tracked, its events queued and dead-lettered, its backfill. The events of
+// pg2kafka.emit() to a topic count as a table of Schema "" and Name the
+// topic, never Tracked.
 type TableStatus struct {
 	Schema  string `json:"schema"`
 	Name    string `json:"name"`

@@ -13,6 +13,9 @@ CREATE SCHEMA pg2kafka;
 
 -- ROLES
 
+CREATE ROLE pg2kafka_emitter NOLOGIN;
+COMMENT ON ROLE pg2kafka_emitter IS 'May call pg2kafka.emit(). Grant it to the application roles that emit events.';
+
 CREATE ROLE pg2kafka_shipper NOLOGIN;
 COMMENT ON ROLE pg2kafka_shipper IS 'pg2kafka''s shipper: claims and deletes queued events. Grant it to the shipper''s login role.';
 
@@ -51,7 +54,7 @@ CREATE TABLE pg2kafka.dead_letter_events (
     old jsonb,
     CONSTRAINT dead_letter_events_attempts_check CHECK ((attempts > 0)),
     CONSTRAINT dead_letter_events_pkey PRIMARY KEY (id),
-    CONSTRAINT dead_letter_events_statement_check CHECK ((statement = ANY (ARRAY['INSERT'::text, 'UPDATE'::text, 'DELETE'::text, 'SNAPSHOT'::text])))
+    CONSTRAINT dead_letter_events_statement_check CHECK ((statement = ANY (ARRAY['INSERT'::text, 'UPDATE'::text, 'DELETE'::text, 'SNAPSHOT'::text, 'EVENT'::text])))
 );
 
 CREATE TABLE pg2kafka.goose_db_version (
@@ -82,6 +85,14 @@ CREATE TABLE pg2kafka.outbound_event_queue (
     topic text,
     old jsonb,
     CONSTRAINT outbound_event_queue_pkey PRIMARY KEY (id)
+);
+
+CREATE TABLE pg2kafka.settings (
+    only_row boolean DEFAULT true NOT NULL,
+    emit_max_bytes integer DEFAULT 1048576 NOT NULL,
+    CONSTRAINT emit_max_bytes_positive CHECK ((emit_max_bytes > 0)),
+    CONSTRAINT settings_only_row_check CHECK (only_row),
+    CONSTRAINT settings_pkey PRIMARY KEY (only_row)
 );
 
 CREATE TABLE pg2kafka.tracked_tables (
@@ -212,6 +223,144 @@ BEGIN
         chunk_size = chunk_size, updated_at = now(), finished_at = CASE WHEN through IS NULL THEN now() END
     WHERE b.relation = table_name;
     RETURN through IS NULL;
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION pg2kafka.emit(topic text, key text, payload json, headers jsonb DEFAULT NULL::jsonb)
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+AS $function$
+DECLARE
+    value pg_catalog.text;
+BEGIN
+    IF payload IS NULL THEN
+        RAISE EXCEPTION 'pg2kafka.emit: payload must not be null'
+            USING ERRCODE = 'null_value_not_allowed', HINT = 'For a JSON null, pass payload => ''null''.';
+    END IF;
+    value := payload::pg_catalog.text;
+    PERFORM pg2kafka.enqueue_emitted(topic, key, pg_catalog.to_jsonb(value), pg_catalog.octet_length(value), headers);
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION pg2kafka.emit(topic text, key text, payload jsonb, headers jsonb DEFAULT NULL::jsonb)
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+AS $function$
+DECLARE
+    value pg_catalog.text;
+BEGIN
+    IF payload IS NULL THEN
+        RAISE EXCEPTION 'pg2kafka.emit: payload must not be null'
+            USING ERRCODE = 'null_value_not_allowed', HINT = 'For a JSON null, pass payload => ''null''.';
+    END IF;
+    value := payload::pg_catalog.text;
+    -- A string is kept as its text, which is how data tells the exact text
+    -- of a payload: a jsonb string is its own text.
+    IF pg_catalog.jsonb_typeof(payload) OPERATOR(pg_catalog.=) 'string' THEN
+        PERFORM pg2kafka.enqueue_emitted(topic, key, pg_catalog.to_jsonb(value), pg_catalog.octet_length(value), headers);
+    ELSE
+        PERFORM pg2kafka.enqueue_emitted(topic, key, payload, pg_catalog.octet_length(value), headers);
+    END IF;
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION pg2kafka.emit(topic text, key text, payload text, headers jsonb DEFAULT NULL::jsonb)
+ RETURNS void
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+AS $function$
+DECLARE
+    problem pg_catalog.text;
+BEGIN
+    IF payload IS NULL THEN
+        RAISE EXCEPTION 'pg2kafka.emit: payload must not be null'
+            USING ERRCODE = 'null_value_not_allowed', HINT = 'For a JSON null, pass payload => ''null''.';
+    END IF;
+    BEGIN
+        PERFORM payload::pg_catalog.json;
+    EXCEPTION WHEN invalid_text_representation OR untranslatable_character THEN
+        GET STACKED DIAGNOSTICS problem = PG_EXCEPTION_DETAIL;
+        RAISE EXCEPTION 'pg2kafka.emit: payload is not JSON: %', problem
+            USING ERRCODE = 'invalid_text_representation',
+                  HINT = 'The payload is the record''s value, a JSON text such as ''{"type":"OrderPaid","order":42}''.';
+    END;
+    PERFORM pg2kafka.enqueue_emitted(topic, key, pg_catalog.to_jsonb(payload), pg_catalog.octet_length(payload), headers);
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION pg2kafka.enqueue_emitted(topic text, key text, data jsonb, value_bytes integer, headers jsonb)
+ RETURNS void
+ LANGUAGE plpgsql
+AS $function$
+#variable_conflict use_variable
+DECLARE
+    max_bytes pg_catalog.int4;
+    taken_by  pg_catalog.text;
+    bad_key   pg_catalog.text;
+    bad_type  pg_catalog.text;
+BEGIN
+    IF topic IS NULL THEN
+        RAISE EXCEPTION 'pg2kafka.emit: topic must not be null'
+            USING ERRCODE = 'null_value_not_allowed',
+                  HINT = 'Name the Kafka topic the event goes to, e.g. topic => ''shop.order-events''.';
+    END IF;
+    IF NOT topic OPERATOR(pg_catalog.~) '^[a-zA-Z0-9._-]{1,249}$'
+       OR topic OPERATOR(pg_catalog.=) '.' OR topic OPERATOR(pg_catalog.=) '..' THEN
+        RAISE EXCEPTION 'pg2kafka.emit: topic % is not a name Kafka accepts', pg_catalog.to_json(topic)
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A topic name is 1 to 249 characters, each an ASCII letter, a digit, ''.'', ''_'' or ''-'', and not "." or "..".';
+    END IF;
+    IF pg_catalog.starts_with(topic, 'pg2kafka.') THEN
+        RAISE EXCEPTION 'pg2kafka.emit: topic % is reserved for row changes', pg_catalog.to_json(topic)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Topics named pg2kafka.… carry the row changes of tracked tables; emit to a topic of the application''s own.';
+    END IF;
+
+    SELECT s.emit_max_bytes,
+           (SELECT t.relation::pg_catalog.text FROM pg2kafka.tracked_tables AS t
+            WHERE t.topic OPERATOR(pg_catalog.=) topic LIMIT 1)
+    INTO max_bytes, taken_by
+    FROM pg2kafka.settings AS s;
+    IF taken_by IS NOT NULL THEN
+        RAISE EXCEPTION 'pg2kafka.emit: topic % carries the row changes of table %', pg_catalog.to_json(topic), taken_by
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Emit to a topic of the application''s own, so that consumers of the table''s topic only ever read its row changes.';
+    END IF;
+
+    IF value_bytes OPERATOR(pg_catalog.>) max_bytes THEN
+        RAISE EXCEPTION 'pg2kafka.emit: payload is % bytes, over the limit of % bytes', value_bytes, max_bytes
+            USING ERRCODE = 'program_limit_exceeded',
+                  HINT = 'The owner of schema pg2kafka sets the limit: UPDATE pg2kafka.settings SET emit_max_bytes = …; '
+                         'raise the topic''s max.message.bytes with it.';
+    END IF;
+
+    IF headers IS NOT NULL THEN
+        IF pg_catalog.jsonb_typeof(headers) OPERATOR(pg_catalog.<>) 'object' THEN
+            RAISE EXCEPTION 'pg2kafka.emit: headers must be a JSON object of strings, not a JSON %', pg_catalog.jsonb_typeof(headers)
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'For example headers => ''{"event-type":"OrderPaid"}''; null for none.';
+        END IF;
+        SELECT h.key, pg_catalog.jsonb_typeof(h.value) INTO bad_key, bad_type
+        FROM pg_catalog.jsonb_each(headers) AS h
+        WHERE pg_catalog.jsonb_typeof(h.value) OPERATOR(pg_catalog.<>) 'string'
+           OR pg_catalog.starts_with(pg_catalog.lower(h.key), 'pg2kafka-')
+        LIMIT 1;
+        IF bad_type OPERATOR(pg_catalog.=) 'string' THEN
+            RAISE EXCEPTION 'pg2kafka.emit: headers: % is a header of pg2kafka''s own', pg_catalog.to_json(bad_key)
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'pg2kafka sets the headers named pg2kafka-… itself; name the application''s headers otherwise.';
+        ELSIF bad_type IS NOT NULL THEN
+            RAISE EXCEPTION 'pg2kafka.emit: headers: the value of % is a JSON %, not a string', pg_catalog.to_json(bad_key), bad_type
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Header values are strings: write {"attempt":"3"}, not {"attempt":3}.';
+        END IF;
+    END IF;
+
+    PERFORM pg_catalog.pg_current_xact_id();
+    INSERT INTO pg2kafka.outbound_event_queue (external_id, table_schema, table_name, statement, data, topic, old)
+    VALUES (key, '', topic, 'EVENT', data, topic, headers);
 END
 $function$;
 
@@ -380,6 +529,25 @@ AS $function$
     FROM (SELECT sha256(uuid_send(i.id) || int8send(event_uuid.id)
                         || int8send((extract(epoch FROM event_uuid.created_at) * 1000000)::bigint)) AS h
           FROM pg2kafka.installation AS i) AS s
+$function$;
+
+CREATE OR REPLACE FUNCTION pg2kafka.grant_emitter_privileges()
+ RETURNS boolean
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'pg2kafka_emitter') THEN
+        RAISE WARNING 'pg2kafka: role pg2kafka_emitter does not exist, so it was granted nothing'
+            USING HINT = 'A superuser or a role with CREATEROLE can run: CREATE ROLE pg2kafka_emitter NOLOGIN; '
+                         'then the owner of schema pg2kafka runs: SELECT pg2kafka.grant_emitter_privileges();';
+        RETURN false;
+    END IF;
+    GRANT USAGE ON SCHEMA pg2kafka TO pg2kafka_emitter;
+    GRANT EXECUTE ON FUNCTION pg2kafka.emit(text, text, jsonb, jsonb), pg2kafka.emit(text, text, json, jsonb),
+                              pg2kafka.emit(text, text, text, jsonb) TO pg2kafka_emitter;
+    RETURN true;
+END
 $function$;
 
 CREATE OR REPLACE FUNCTION pg2kafka.grant_shipper_privileges()
@@ -713,8 +881,14 @@ COMMENT ON COLUMN pg2kafka.dead_letter_events.attempts IS 'How many sends of the
 COMMENT ON TABLE pg2kafka.installation IS 'This installation''s id, the namespace of the uuids of its events (see pg2kafka.event_uuid).';
 COMMENT ON TABLE pg2kafka.outbound_event_queue IS 'Change events waiting to be shipped; a row is deleted once its destination acknowledged it.';
 COMMENT ON COLUMN pg2kafka.outbound_event_queue.uuid IS 'The event''s uuid if it has its own (a requeued dead letter); null for pg2kafka.event_uuid(id, created_at).';
-COMMENT ON COLUMN pg2kafka.outbound_event_queue.topic IS 'The topic setup(topic => …) chose for the event; null for the default.';
-COMMENT ON COLUMN pg2kafka.outbound_event_queue.old IS 'With include_old: the previous values of an UPDATE''s changed columns, or the row a DELETE removed; with full_row: the whole previous row.';
+COMMENT ON COLUMN pg2kafka.outbound_event_queue.table_schema IS 'The schema of the changed table; '''' for an event of pg2kafka.emit().';
+COMMENT ON COLUMN pg2kafka.outbound_event_queue.table_name IS 'The changed table; the topic, for an event of pg2kafka.emit().';
+COMMENT ON COLUMN pg2kafka.outbound_event_queue.statement IS 'INSERT, UPDATE, DELETE or SNAPSHOT for a row change; EVENT for an event of pg2kafka.emit().';
+COMMENT ON COLUMN pg2kafka.outbound_event_queue.data IS 'The row''s values; for an event of pg2kafka.emit(), its payload (a JSON string: the payload''s exact text).';
+COMMENT ON COLUMN pg2kafka.outbound_event_queue.topic IS 'The topic setup(topic => …) or pg2kafka.emit() chose for the event; null for the default.';
+COMMENT ON COLUMN pg2kafka.outbound_event_queue.old IS 'With include_old: the previous values of an UPDATE''s changed columns, or the row a DELETE removed; for an event of pg2kafka.emit(), its headers.';
+COMMENT ON TABLE pg2kafka.settings IS 'pg2kafka''s settings in this database, one row; the owner of schema pg2kafka changes them with UPDATE.';
+COMMENT ON COLUMN pg2kafka.settings.emit_max_bytes IS 'The largest payload pg2kafka.emit() accepts, in bytes of its text. Default 1048576 (1 MiB), Kafka''s default max.message.bytes: raise the topics'' with it.';
 COMMENT ON TABLE pg2kafka.tracked_tables IS 'Tables whose changes pg2kafka captures, and the column whose value keys their events.';
 COMMENT ON COLUMN pg2kafka.tracked_tables.operations IS 'The statements captured, in the order INSERT, UPDATE, DELETE.';
 COMMENT ON COLUMN pg2kafka.tracked_tables.columns IS 'The columns that go into data and old, in table order; null for all.';
@@ -722,10 +896,14 @@ COMMENT ON COLUMN pg2kafka.tracked_tables.include_old IS 'Whether UPDATE and DEL
 COMMENT ON COLUMN pg2kafka.tracked_tables.filter IS 'The trigger''s WHEN condition on NEW/OLD; null for none.';
 COMMENT ON COLUMN pg2kafka.tracked_tables.topic IS 'The topic of the table''s events; null for pg2kafka.<db>.<table>.';
 COMMENT ON COLUMN pg2kafka.tracked_tables.full_row IS 'Whether UPDATE events carry the whole new row as data and UPDATE and DELETE events the whole previous row as old.';
+COMMENT ON FUNCTION pg2kafka.emit(text,text,json,jsonb) IS 'Queues an event in this transaction, the json payload shipped byte for byte as the value.';
+COMMENT ON FUNCTION pg2kafka.emit(text,text,jsonb,jsonb) IS 'Queues an event in this transaction: shipped to topic with key, payload as the value and headers, once the transaction commits.';
+COMMENT ON FUNCTION pg2kafka.emit(text,text,text,jsonb) IS 'Queues an event in this transaction, the payload (JSON text) shipped byte for byte as the value.';
 COMMENT ON FUNCTION pg2kafka.event_uuid(bigint,timestamp with time zone) IS 'The uuid of the event with this id and created_at, for an event queued without one.';
 
 -- GRANTS
 
+GRANT USAGE ON SCHEMA pg2kafka TO pg2kafka_emitter;
 GRANT USAGE ON SCHEMA pg2kafka TO pg2kafka_shipper;
 GRANT SELECT ON SEQUENCE pg2kafka.outbound_event_queue_id_seq TO pg2kafka_shipper;
 GRANT INSERT, SELECT (table_name), SELECT (table_schema) ON TABLE pg2kafka.dead_letter_events TO pg2kafka_shipper;
@@ -733,6 +911,9 @@ GRANT SELECT ON TABLE pg2kafka.goose_db_version TO pg2kafka_shipper;
 GRANT SELECT ON TABLE pg2kafka.installation TO pg2kafka_shipper;
 GRANT DELETE, SELECT, UPDATE (id) ON TABLE pg2kafka.outbound_event_queue TO pg2kafka_shipper;
 GRANT SELECT, SELECT (table_name), SELECT (table_schema) ON TABLE pg2kafka.tracked_tables TO pg2kafka_shipper;
+GRANT EXECUTE ON FUNCTION pg2kafka.emit(text,text,json,jsonb) TO pg2kafka_emitter;
+GRANT EXECUTE ON FUNCTION pg2kafka.emit(text,text,jsonb,jsonb) TO pg2kafka_emitter;
+GRANT EXECUTE ON FUNCTION pg2kafka.emit(text,text,text,jsonb) TO pg2kafka_emitter;
 GRANT EXECUTE ON FUNCTION pg2kafka.event_uuid(bigint,timestamp with time zone) TO pg2kafka_shipper;
 
 -- MIGRATIONS APPLIED

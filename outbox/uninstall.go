@@ -41,8 +41,9 @@ $$`
 // installed, queued and dead-lettered events included, then Goose's version
 // table and the pg2kafka schema. The tracked tables and their rows are left
 // as they are. Stop the shippers first: events not yet shipped are
-// discarded, and their count logged. The role pg2kafka_shipper, the
-// cluster's, is left for its owner to drop. Should someone have put an
+// discarded, and their count logged. The roles pg2kafka_shipper and
+// pg2kafka_emitter, the cluster's, are left for their owner to drop.
+// Should someone have put an
 // object of their own in the pg2kafka schema, or made one depend on
 // pg2kafka's, Uninstall fails rather than drop it. It is not one
 // transaction (each migration rolls back in its own): after a failure, fix

@@ -27,7 +27,7 @@ const (
 	sectionIsolation = "isolation"
 )
 
-var allSections = []string{sectionRaw, sectionDrain, sectionLatency, sectionWrite, sectionScaling, sectionWebhook, sectionRabbitMQ, sectionFormats, sectionPinned, sectionPaused, sectionIsolation}
+var allSections = []string{sectionRaw, sectionDrain, sectionLatency, sectionWrite, sectionScaling, sectionWebhook, sectionRabbitMQ, sectionFormats, sectionPinned, sectionPaused, sectionIsolation, sectionEmit}
 
 // config is the suite's settings, read once from the flags.
 type config struct {

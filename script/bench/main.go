@@ -22,7 +22,9 @@
 //     table's backlog queued ahead of it, and with none;
 //  10. isolation: the whole of pg2kafka beside a table whose topic is missing
 //     with 100k and 1M events queued, and with none: the flowing table's
-//     commit→consumer p99 and burst drain rate.
+//     commit→consumer p99 and burst drain rate;
+//  11. emit: pg2kafka.emit() per call, against a plain INSERT into an
+//     outbox table.
 //
 // It prints a markdown table with the targets to stdout, writes the
 // details as JSON to -report, and logs progress to stderr:
@@ -155,6 +157,7 @@ func (b *bench) runSections(ctx context.Context) error {
 		sectionPinned:    b.runPinned,
 		sectionPaused:    b.runPaused,
 		sectionIsolation: b.runIsolation,
+		sectionEmit:      b.runEmit,
 	}
 	for _, name := range b.cfg.Sections {
 		b.log.Info("section", "name", name)

@@ -45,6 +45,7 @@ type report struct {
 	Pinned    *pinnedResult    `json:"pinned,omitempty"`
 	Paused    *pausedResult    `json:"paused,omitempty"`
 	Isolation *isolationResult `json:"isolation,omitempty"`
+	Emit      *emitResult      `json:"emit,omitempty"`
 	Table     []row            `json:"table"`
 	Error     string           `json:"error,omitempty"`
 }
@@ -239,6 +240,9 @@ func (r *report) rows() []row {
 	rows = append(rows, r.pinnedRows()...)
 	rows = append(rows, r.pausedRows()...)
 	rows = append(rows, r.isolationRows()...)
+	if r.Emit != nil {
+		rows = append(rows, r.Emit.rows()...)
+	}
 	return rows
 }
 

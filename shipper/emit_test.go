@@ -180,3 +180,20 @@ func TestEmittedEventTooLargeIsDeadLetteredAndRequeued(t *testing.T) {
 		t.Errorf("requeued record: value %.20s…, headers %s; want the huge event with its uuid and headers", got[2].Value, got[2].Headers)
 	}
 }
+
+// An emitted event is the application's record in every EVENT_FORMAT: no
+// other tool's envelope describes it.
+func TestEmittedEventsIgnoreTheEventFormat(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.exec(`SELECT pg2kafka.emit('shop.order-events', '42', '{"type":"OrderPaid", "order":42}', '{"event-type":"OrderPaid"}')`)
+	uuid := b.queuedEvents()[0].UUID
+	out := &syncBuffer{}
+	b.startWith(shipper.Config{Format: shipper.FormatDebezium}, shipper.NewWriterSink(out))
+	b.waitQueueEmpty()
+	want := `{"topic":"shop.order-events","key":"42","value":{"type":"OrderPaid", "order":42},"headers":{"pg2kafka-event-id":"` + uuid +
+		`","pg2kafka-statement":"EVENT","event-type":"OrderPaid"}}` + "\n"
+	if got := out.String(); got != want {
+		t.Errorf("with EVENT_FORMAT=debezium, the sink got\n%s\nwant\n%s", got, want)
+	}
+}

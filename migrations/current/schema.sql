@@ -935,4 +935,4 @@ GRANT EXECUTE ON FUNCTION pg2kafka.event_uuid(bigint,timestamp with time zone) T
 
 -- MIGRATIONS APPLIED
 
--- goose version 10
+-- goose version 11

@@ -27,7 +27,9 @@ import (
 // handle on that: an event's writer has its transaction id before it takes
 // its event id (the change triggers run AFTER ROW, so the user row was
 // written first; setup(), backfill() and requeue_dead_letters() write other
-// rows first too), and transaction ids are handed out in order. A
+// rows first too, and pg2kafka.emit() takes its transaction id with
+// pg_current_xact_id() before its INSERT), and transaction ids are handed
+// out in order. A
 // candidate low-water id thus comes with a bound: a transaction id above the
 // writer of every id below it. Once a claim's snapshot has an xmin at or past
 // the bound, every such writer has ended and its events, if any, are visible

@@ -161,3 +161,23 @@ healthy
 `, "VERSION", fmt.Sprint(outbox.LatestVersion()))
 	got.require(t, 0, want, "")
 }
+
+func TestDescribeHorizon(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 12, 1, 3, 0, 0, 0, time.UTC)
+	for _, tt := range []struct {
+		h    outbox.Horizon
+		want string
+	}{
+		{outbox.Horizon{DeadRows: 12}, "~12 in the queue; no snapshot holds them"},
+		{outbox.Horizon{DeadRows: 1200000, Holder: "session", XIDAge: 9, Since: now.Add(-2 * time.Hour), PID: 4242, Name: "pg_dump",
+			State: "active", QueryStart: now.Add(-2 * time.Hour)},
+			"~1200000 in the queue; the oldest snapshot, which vacuum must keep them for, is 2h0m0s old, held by session (pid 4242, pg_dump, active, query since 2026-12-01T01:00:00Z)"},
+		{outbox.Horizon{DeadRows: 5, Holder: "replication slot", XIDAge: 310, Name: "standby1"},
+			"~5 in the queue; the oldest snapshot, which vacuum must keep them for, is 310 transactions old, held by replication slot (standby1)"},
+	} {
+		if got := describeHorizon(tt.h, now); got != tt.want {
+			t.Errorf("describeHorizon(%+v)\n got %q\nwant %q", tt.h, got, tt.want)
+		}
+	}
+}

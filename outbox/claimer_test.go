@@ -217,3 +217,35 @@ func waitForCount(t *testing.T, b *bundle, sql string, want int) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// The claimer's commits, which only delete acknowledged events (or move
+// refused ones to the dead-letter table), skip the wait for the disk: one
+// lost at a crash of Postgres brings its events back to be shipped again,
+// as TestLostConnectionReleasesLanesAndClaim shows of any claim that does
+// not commit. The writers' sessions, whose commits queue the events, keep
+// waiting for it.
+func TestClaimSessionCommitsAsynchronouslyWritersDoNot(t *testing.T) {
+	t.Parallel()
+	b := setup(t,
+		`CREATE TABLE items (id int PRIMARY KEY)`,
+		`SELECT pg2kafka.setup('items', 'id')`,
+		`INSERT INTO items SELECT generate_series(1, 3)`,
+	)
+	c := b.claimer(t)
+	rebalance(t, c)
+	batch, err := c.Claim(t.Context(), 100, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := c.Setting(t.Context(), "synchronous_commit"); err != nil || got != "off" {
+		t.Errorf("the claim's session has synchronous_commit = %q (%v), want off", got, err)
+	}
+	if err := batch.Complete(t.Context(), ids(batch.Events)); err != nil {
+		t.Fatal(err)
+	}
+	waitForCount(t, b, `SELECT count(*) FROM pg2kafka.outbound_event_queue`, 0)
+	var writers string
+	if err := b.pool.QueryRow(t.Context(), `SELECT current_setting('synchronous_commit')`).Scan(&writers); err != nil || writers != "on" {
+		t.Errorf("a writer's session has synchronous_commit = %q (%v), want on, the server's default", writers, err)
+	}
+}

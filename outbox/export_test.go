@@ -7,6 +7,16 @@ import (
 	"time"
 )
 
+// Setting returns the value of a parameter in the claimer's session.
+func (c *Claimer) Setting(ctx context.Context, name string) (string, error) {
+	if err := c.connect(ctx); err != nil {
+		return "", err
+	}
+	var v string
+	err := c.conn.QueryRow(ctx, `SELECT current_setting($1)`, name).Scan(&v)
+	return v, err
+}
+
 // SetProbeInterval shortens how long a claimer whose claims find nothing
 // waits before it asks the id sequence again, so that a test need not wait.
 func (c *Claimer) SetProbeInterval(d time.Duration) { c.low.probeGap = d }

@@ -24,7 +24,7 @@ type isolationRun struct {
 	P50Ms   float64 `json:"p50_ms"`
 	Missing int     `json:"missing"`
 	// DrainPerSec is the flowing table's burst of -isolation-drain events,
-	// from their commit to the last on the topic.
+	// committed at once, from the commit to the last on the topic.
 	DrainPerSec float64 `json:"drain_per_sec"`
 	// StillQueued is the paused table's events left queued at the end: all
 	// of them, since its topic never exists.
@@ -104,13 +104,14 @@ func (b *bench) isolationRun(ctx context.Context, backlog int) (isolationRun, er
 	l.addLatencies(commits, consumer.stop())
 	run.P50Ms, run.Latency, run.Missing = l.P50Ms, l.P99Ms, l.Missing
 
-	// The burst: one statement queues them all, and the clock runs until
-	// the topic holds them.
+	// The burst: one statement queues them all, and the clock runs from
+	// its commit, when pg2kafka can first see them, until the topic holds
+	// them.
 	first := int64(total + 1)
-	start := time.Now()
 	if _, err := b.pool.Exec(ctx, fillLatencySQL, first, first+int64(b.cfg.Isolation.Drain)-1); err != nil {
 		return run, fmt.Errorf("fill %s: %w", latencyTable, err)
 	}
+	start := time.Now()
 	want := int64(1 + total + b.cfg.Isolation.Drain) // the probe row too
 	if err := b.waitRecords(ctx, flowing, want); err != nil {
 		return run, err

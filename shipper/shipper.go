@@ -489,10 +489,11 @@ func (w *worker) encode(events []outbox.Event) (msgs []Message, ids []int64, fir
 		h[1] = Header{HeaderStatement, statementValues[e.Statement]}
 		h[2] = Header{HeaderTable, w.tableHeader(e.Table())}
 		m := Message{
-			Topic:     topic,
-			Value:     value,
-			Headers:   h,
-			Timestamp: e.CreatedAt,
+			Topic:       topic,
+			TopicChosen: e.Topic != nil,
+			Value:       value,
+			Headers:     h,
+			Timestamp:   e.CreatedAt,
 		}
 		if e.ExternalID != nil {
 			start := len(arena)
@@ -506,7 +507,7 @@ func (w *worker) encode(events []outbox.Event) (msgs []Message, ids []int64, fir
 		// Right after its DELETE, so that a later event of the key, in
 		// this batch or after, comes after it.
 		if m.Key != nil && tombstones > 0 && e.Statement == "DELETE" {
-			msgs = append(msgs, Message{Topic: topic, Key: m.Key, Headers: h, Timestamp: e.CreatedAt})
+			msgs = append(msgs, Message{Topic: topic, TopicChosen: m.TopicChosen, Key: m.Key, Headers: h, Timestamp: e.CreatedAt})
 		}
 	}
 	return msgs, ids, firsts

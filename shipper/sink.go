@@ -12,6 +12,11 @@ type Message struct {
 	// events of a table share one, unless the table's topic was changed
 	// while events were queued.
 	Topic string
+	// TopicChosen is true when Topic is the one the table's setup(topic =>
+	// …) chose, rather than the name pg2kafka derives from the table: a
+	// RabbitMQ sink routes by a chosen topic, and by <schema>.<table>
+	// otherwise.
+	TopicChosen bool
 	// Key is the event's external ID; nil when the external ID is null.
 	Key   []byte
 	Value []byte

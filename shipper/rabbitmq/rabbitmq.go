@@ -76,7 +76,8 @@ func Redact(raw string) string {
 // channel in confirm mode, shared by every Send. Each message is published
 // with:
 //
-//	routing key    <schema>.<table> (the pg2kafka-table header)
+//	routing key    <schema>.<table> (the pg2kafka-table header), or the
+//	               topic chosen with setup(topic => …)
 //	delivery mode  persistent
 //	content-type   application/json
 //	message-id     the event's uuid
@@ -210,8 +211,12 @@ func fill(errs []error, err error) {
 	}
 }
 
-// routingKey is the message's <schema>.<table>.
+// routingKey is the topic the message's table chose in setup(), or its
+// <schema>.<table>, as pgevents routes.
 func routingKey(m *shipper.Message) string {
+	if m.TopicChosen {
+		return m.Topic
+	}
 	for _, h := range m.Headers {
 		if h.Key == shipper.HeaderTable {
 			return string(h.Value)

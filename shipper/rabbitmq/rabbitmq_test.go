@@ -260,6 +260,24 @@ func TestPublishedMessages(t *testing.T) {
 	}
 }
 
+// A table whose setup() chose a topic is routed by it.
+func TestChosenTopicIsTheRoutingKey(t *testing.T) {
+	t.Parallel()
+	b := newBroker(t, true)
+	q := b.queue("shop.orders.v1")
+	s := b.sink(rabbitmq.Config{})
+	msgs := sinktest.Messages("orders", 3, []byte("a"))
+	for i := range msgs {
+		msgs[i].Topic, msgs[i].TopicChosen = "shop.orders.v1", true
+	}
+	for i, err := range s.Send(context.Background(), msgs) {
+		if err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+	}
+	sinktest.CheckReceived(t, q, msgs, nil)
+}
+
 func TestMissingExchangeKeepsEventsQueued(t *testing.T) {
 	t.Parallel()
 	b := newBroker(t, false)

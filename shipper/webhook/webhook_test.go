@@ -606,6 +606,7 @@ func TestOneRequestInFlightPerKey(t *testing.T) {
 		if inFlight[e.ExternalID] > 1 {
 			t.Errorf("key %q has %d requests in flight", e.ExternalID, inFlight[e.ExternalID])
 		}
+		received = append(received, e.ExternalID)
 		mu.Unlock()
 		if e.ExternalID == "bad" {
 			<-r.Context().Done() // no answer: the request times out
@@ -615,12 +616,13 @@ func TestOneRequestInFlightPerKey(t *testing.T) {
 		mu.Lock()
 		inFlight[e.ExternalID]--
 		total--
-		received = append(received, e.ExternalID)
 		mu.Unlock()
 		w.WriteHeader(http.StatusNoContent)
 	}))
 	t.Cleanup(srv.Close)
-	s := newSink(t, webhook.Config{URL: srv.URL, Concurrency: 8, Timeout: 300 * time.Millisecond})
+	// Long enough for the other keys' requests on a loaded machine; the
+	// failing key waits it out once.
+	s := newSink(t, webhook.Config{URL: srv.URL, Concurrency: 8, Timeout: 2 * time.Second})
 	msgs := sinktest.Messages("inflight", 100, []byte("a"), []byte("b"), []byte("c"), []byte("d"), []byte("bad"))
 	errs := s.Send(context.Background(), msgs)
 	for i, err := range errs {

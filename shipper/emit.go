@@ -16,7 +16,9 @@ import (
 // envelope, and its headers after pg2kafka's event id and statement. The
 // value and the headers' values are appended to arena, which it returns.
 func (w *worker) encodeEmitted(arena []byte, e *outbox.Event) (Message, []byte) {
-	m := Message{Timestamp: e.CreatedAt}
+	// The application chose the topic: a destination that routes by it
+	// (RabbitMQ's routing key) uses it as it is.
+	m := Message{Timestamp: e.CreatedAt, TopicChosen: true}
 	if e.Topic != nil {
 		m.Topic = *e.Topic
 	}

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -27,6 +28,23 @@ type page struct {
 	id   atomic.Int64
 }
 
+// removeProfile removes a Chromium profile directory, trying again while a
+// process of the killed group that has not yet exited still adds to it.
+func removeProfile(t *testing.T, dir string) {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := os.RemoveAll(dir)
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("remove the Chromium profile %s: %v", dir, err)
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // openChromium starts a headless Chromium for the test and returns its
 // first tab.
 func openChromium(t *testing.T) *page {
@@ -34,16 +52,25 @@ func openChromium(t *testing.T) *page {
 	if _, err := os.Stat(chromiumPath); err != nil {
 		t.Skipf("headless Chromium is not installed at %s (script/test installs it: apt-get install chromium): %v", chromiumPath, err)
 	}
-	dir := t.TempDir()
+	// Not t.TempDir: Chromium's helper processes may still be writing to
+	// the profile when the test ends, so it is removed once they are gone.
+	dir, err := os.MkdirTemp("", "pg2kafka-chromium-")
+	if err != nil {
+		t.Fatal(err)
+	}
 	cmd := exec.Command(chromiumPath, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
 		"--disable-dev-shm-usage", "--remote-debugging-port=0", "--user-data-dir="+dir,
 		"--window-size=1280,900", "about:blank")
+	// Its own process group, so that its renderer and utility processes
+	// end with it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start chromium: %v", err)
 	}
 	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		_ = cmd.Wait()
+		removeProfile(t, dir)
 	})
 	// Chromium writes the port it chose to DevToolsActivePort.
 	var port string

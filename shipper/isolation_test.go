@@ -164,6 +164,9 @@ func TestBatchOfTopicsThatExistAndDoNot(t *testing.T) {
 			t.Fatalf("queue holds %q, want gone's events alone", b.queued())
 		}
 	}
+	// The events go back to the queue as the batch settles, a moment before
+	// the pause is logged.
+	b.waitFor("the paused line", func() bool { return len(b.logLines("table paused")) > 0 })
 	if lines := b.logLines("table paused"); len(lines) != 1 || !strings.Contains(lines[0], "table=public.gone") {
 		t.Errorf("paused lines:\n%s\nwant one, for gone", strings.Join(lines, "\n"))
 	}

@@ -1,7 +1,6 @@
 package shipper_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"log/slog"
@@ -17,6 +16,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/pg2kafka/pg2kafka/internal/pgtest"
+	"github.com/pg2kafka/pg2kafka/internal/syncbuf"
 	"github.com/pg2kafka/pg2kafka/outbox"
 	"github.com/pg2kafka/pg2kafka/shipper"
 	"github.com/pg2kafka/pg2kafka/shipper/kafka"
@@ -245,25 +245,7 @@ func (b *bundle) waitQueueEmpty() {
 	b.waitFor("an empty queue", func() bool { return len(b.queued()) == 0 })
 }
 
-// syncBuffer collects logs written from the shipper's goroutine.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.String()
-}
-
-func (s *syncBuffer) Contains(sub string) bool { return strings.Contains(s.String(), sub) }
+type syncBuffer = syncbuf.Buffer
 
 func ptr[T any](v T) *T { return &v }
 

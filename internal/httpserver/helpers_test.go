@@ -25,6 +25,7 @@ import (
 	"github.com/pg2kafka/pg2kafka/internal/httpserver"
 	"github.com/pg2kafka/pg2kafka/internal/pgtest"
 	"github.com/pg2kafka/pg2kafka/internal/stream"
+	"github.com/pg2kafka/pg2kafka/internal/syncbuf"
 	"github.com/pg2kafka/pg2kafka/outbox"
 	"github.com/pg2kafka/pg2kafka/shipper"
 	"github.com/pg2kafka/pg2kafka/shipper/kafka"
@@ -332,21 +333,6 @@ func (p *proxy) restore() {
 	p.serve(ln)
 }
 
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.String()
-}
+type syncBuffer = syncbuf.Buffer
 
 var errNotYet = errors.New("not yet")

@@ -18,8 +18,11 @@ func (c *Claimer) Setting(ctx context.Context, name string) (string, error) {
 }
 
 // SetProbeInterval shortens how long a claimer whose claims find nothing
-// waits before it asks the id sequence again, so that a test need not wait.
-func (c *Claimer) SetProbeInterval(d time.Duration) { c.low.probeGap = d }
+// waits before it asks the id sequence again, and how long one whose
+// candidate waits on a snapshot's xmin held back (by a test running beside
+// it, say) waits before it looks for the writers again, so that a test need
+// not wait.
+func (c *Claimer) SetProbeInterval(d time.Duration) { c.low.probeGap, c.low.lookGap = d, d }
 
 // ExplainClaim runs the claim that Claim(limit, except) would run now, or
 // the same claim from the head of the queue, under EXPLAIN (ANALYZE,

@@ -83,6 +83,7 @@ type lowWater struct {
 	fresh     bool
 	probedAt  time.Time
 	probeGap  time.Duration // probeInterval unless a test says otherwise
+	lookGap   time.Duration // lookInterval unless a test says otherwise
 	noProbe   bool          // the probe is not allowed (an old grant); claims still advance
 	// resetAt is when the next safety-net reset is due; resetCost times the
 	// first claim after a reset, which sets how long until the next.
@@ -119,7 +120,7 @@ type scan struct {
 // skipped tables get low-water ids of their own.
 func (w *lowWater) begin(conn *pgx.Conn, except []Table, now time.Time) {
 	if w.conn != conn {
-		*w = lowWater{conn: conn, probeGap: w.probeGap, resetAt: now.Add(minResetInterval), fresh: true}
+		*w = lowWater{conn: conn, probeGap: w.probeGap, lookGap: w.lookGap, resetAt: now.Add(minResetInterval), fresh: true}
 	}
 	if now.After(w.resetAt) {
 		w.reset()
@@ -227,8 +228,10 @@ func (w *lowWater) settled(s scan, events []Event, failed func(int) bool, ok boo
 		w.cand, w.cleared = candidate{}, false
 		return
 	}
-	if w.cand.id == 0 && len(events) > 0 {
-		w.cand = candidate{id: events[len(events)-1].ID + 1}
+	// A candidate no higher than the low-water id (a probe's, overtaken by
+	// the lift it allowed) would hold the next one back until it cleared.
+	if w.cand.id <= w.flow && len(events) > 0 {
+		w.cand, w.cleared = candidate{id: events[len(events)-1].ID + 1}, false
 	}
 }
 
@@ -312,7 +315,7 @@ SELECT NOT EXISTS (
 // the claims' snapshots alone cannot tell.
 func (c *Claimer) lookForWriters(ctx context.Context, now time.Time) error {
 	w := &c.low
-	if w.cand.id == 0 || w.cand.bound == 0 || w.cleared || w.lastXmin >= w.cand.bound || now.Sub(w.lookedAt) < lookInterval {
+	if w.cand.id == 0 || w.cand.bound == 0 || w.cleared || w.lastXmin >= w.cand.bound || now.Sub(w.lookedAt) < cmp.Or(w.lookGap, lookInterval) {
 		return nil
 	}
 	w.lookedAt = now

@@ -47,7 +47,7 @@ type rawResult struct {
 // runRaw measures the raw drain limit with 1, 2 and 4 workers.
 func (b *bench) runRaw(ctx context.Context) error {
 	for _, workers := range []int{1, 2, 4} {
-		r, err := b.rawDrain(ctx, workers)
+		r, err := b.rawDrain(ctx, b.cfg.Events, workers)
 		if err != nil {
 			return fmt.Errorf("%d worker(s): %w", workers, err)
 		}
@@ -56,10 +56,10 @@ func (b *bench) runRaw(ctx context.Context) error {
 	return nil
 }
 
-// rawDrain fills the queue, then empties it with workers connections each
-// running rawDrainSQL until it returns nothing.
-func (b *bench) rawDrain(ctx context.Context, workers int) (rawResult, error) {
-	n, batch := b.cfg.Events, b.cfg.BatchSize
+// rawDrain fills the queue with n events, then empties it with workers
+// connections each running rawDrainSQL until it returns nothing.
+func (b *bench) rawDrain(ctx context.Context, n, workers int) (rawResult, error) {
+	batch := b.cfg.BatchSize
 	took, err := fillQueue(ctx, b.pool, n, 200)
 	if err != nil {
 		return rawResult{}, err

@@ -218,6 +218,10 @@ func (r *report) rows() []row {
 				// The bare client sends what Postgres has already handed
 				// out; the Kafka drain of the same run says how much of
 				// the gap is the queue's, not the webhook's.
+				if q := w.Queue; q != nil && q.EventsPerSec > 0 {
+					rows = append(rows, row{Measure: fmt.Sprintf("webhook drain, batch 100 ÷ the queue's raw drain (%d workers deleting batches of %d, no destination: Postgres's line)", q.Workers, q.BatchSize),
+						Value: fmt.Sprintf("%s (raw drain %s): %.2f×", perSec(d.EventsPerSec, "events"), perSec(q.EventsPerSec, "events"), d.EventsPerSec/q.EventsPerSec)})
+				}
 				if r.Drain != nil && r.Drain.EventsPerSec > 0 {
 					rows = append(rows, row{Measure: "webhook drain, batch 100 ÷ the Kafka drain of the same run",
 						Value: fmt.Sprintf("%.2f×", d.EventsPerSec/r.Drain.EventsPerSec)})

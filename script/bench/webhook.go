@@ -26,7 +26,11 @@ type webhookResult struct {
 	Events      int            `json:"events"`
 	Concurrency int            `json:"concurrency"`
 	Runs        []webhookDrain `json:"runs"`
-	Latency     *latencyResult `json:"latency,omitempty"`
+	// Queue is the raw drain of as many events with pg2kafka's default
+	// number of workers: how fast Postgres can hand them out at all, which
+	// bounds any shipper of this queue whatever its destination.
+	Queue   *rawResult     `json:"queue,omitempty"`
+	Latency *latencyResult `json:"latency,omitempty"`
 }
 
 // webhookDrain is one batch size's drain and its physical line.
@@ -140,6 +144,10 @@ func (r *hookReceiver) close() { _ = r.srv.Close() }
 // bare client matches.
 const webhookConcurrency = 16
 
+// defaultWorkers is pg2kafka's default WORKERS, which the queue's raw drain
+// beside a destination's matches.
+const defaultWorkers = 2
+
 func (b *bench) runWebhook(ctx context.Context) error {
 	recv, err := startHookReceiver()
 	if err != nil {
@@ -156,6 +164,11 @@ func (b *bench) runWebhook(ctx context.Context) error {
 		res.Runs = append(res.Runs, d)
 		b.log.Info("webhook drain", "batch", batch, "events_per_sec", int(d.EventsPerSec), "bare_events_per_sec", int(d.BareEventsPerSec), "ratio", fmt.Sprintf("%.2f", d.Ratio))
 	}
+	queue, err := b.rawDrain(ctx, b.cfg.Webhook.Events, defaultWorkers)
+	if err != nil {
+		return fmt.Errorf("the queue's raw drain: %w", err)
+	}
+	res.Queue = &queue
 	l, err := b.webhookLatency(ctx, recv)
 	if err != nil {
 		return err

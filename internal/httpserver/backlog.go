@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -68,6 +69,12 @@ var (
 		"1 while every worker of this process is counted among the shippers, 0 otherwise.", nil, nil)
 	backlogUpDesc = prometheus.NewDesc("pg2kafka_queue_count_up",
 		"1 when the last count of the queue succeeded, 0 when it failed (the queue gauges are then missing).", nil, nil)
+	snapshotAgeDesc = prometheus.NewDesc("pg2kafka_oldest_snapshot_age_seconds",
+		"How long the oldest snapshot that keeps vacuum from removing the queue's dead rows has been held, by what holds it (holder: session, prepared_transaction, replication_slot, standby); 0 with holder \"none\" when nothing holds one. Absent when Postgres does not say when it began (a replication slot or a standby; a session of another role, unless pg2kafka's role is a member of pg_read_all_stats): pg2kafka_oldest_snapshot_xid_age still tells.", []string{"holder"}, nil)
+	snapshotXIDAgeDesc = prometheus.NewDesc("pg2kafka_oldest_snapshot_xid_age",
+		"How many transactions ago the oldest snapshot that keeps the queue's dead rows was taken, by what holds it; 0 with holder \"none\" when nothing holds one.", []string{"holder"}, nil)
+	deadRowsDesc = prometheus.NewDesc("pg2kafka_queue_dead_rows",
+		"Postgres' estimate of the dead rows in pg2kafka.outbound_event_queue (n_dead_tup): shipped events vacuum has not removed yet.", nil, nil)
 	viewersDesc = prometheus.NewDesc("pg2kafka_stream_viewers",
 		"Live stream viewers connected to this process.", nil, nil)
 	droppedDesc = prometheus.NewDesc("pg2kafka_stream_viewers_dropped_total",
@@ -75,7 +82,7 @@ var (
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{queueEventsDesc, queueEstimatedDesc, queueOldestDesc, deadLettersDesc, shippersDesc, lanesDesc, readyDesc, backlogUpDesc, viewersDesc, droppedDesc} {
+	for _, d := range []*prometheus.Desc{queueEventsDesc, queueEstimatedDesc, queueOldestDesc, deadLettersDesc, snapshotAgeDesc, snapshotXIDAgeDesc, deadRowsDesc, shippersDesc, lanesDesc, readyDesc, backlogUpDesc, viewersDesc, droppedDesc} {
 		ch <- d
 	}
 }
@@ -100,6 +107,13 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(queueEstimatedDesc, prometheus.GaugeValue, estimated)
 		ch <- prometheus.MustNewConstMetric(shippersDesc, prometheus.GaugeValue, float64(len(b.status.Shippers)))
+		h := b.status.Horizon
+		holder := holderLabel(h.Holder)
+		if age, ok := snapshotAge(h, b.status.At, b.at); ok {
+			ch <- prometheus.MustNewConstMetric(snapshotAgeDesc, prometheus.GaugeValue, age, holder)
+		}
+		ch <- prometheus.MustNewConstMetric(snapshotXIDAgeDesc, prometheus.GaugeValue, float64(h.XIDAge), holder)
+		ch <- prometheus.MustNewConstMetric(deadRowsDesc, prometheus.GaugeValue, float64(h.DeadRows))
 	}
 	ch <- prometheus.MustNewConstMetric(backlogUpDesc, prometheus.GaugeValue, up)
 	lanes, joined := 0.0, 0.0
@@ -129,4 +143,29 @@ func oldestAge(t outbox.TableStatus, countedAt time.Time) (float64, bool) {
 		return 0, false
 	}
 	return time.Duration(*t.OldestAge).Seconds() + time.Since(countedAt).Seconds(), true
+}
+
+// holderLabel is the holder label of the oldest snapshot's metrics: one of
+// a handful of words, never who holds it (a pid or a name would make a new
+// series of every session).
+func holderLabel(holder string) string {
+	if holder == "" {
+		return "none"
+	}
+	return strings.ReplaceAll(holder, " ", "_")
+}
+
+// snapshotAge is the age in seconds now of the oldest snapshot h names,
+// read at readAt by Postgres' clock and countedAt by ours: 0 when nothing
+// holds one, unknown when Postgres does not say when it began.
+func snapshotAge(h outbox.Horizon, readAt, countedAt time.Time) (float64, bool) {
+	switch {
+	case h.Holder == "":
+		return 0, true
+	case h.Since.IsZero():
+		return 0, false
+	}
+	// The horizon is read a moment after readAt, by a transaction that may
+	// have begun after it.
+	return max(h.Age(readAt).Seconds(), 0) + time.Since(countedAt).Seconds(), true
 }

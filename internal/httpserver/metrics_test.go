@@ -3,6 +3,7 @@ package httpserver_test
 import (
 	"context"
 	"testing"
+	"time"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -112,7 +113,7 @@ func TestMetricsDuringADrain(t *testing.T) {
 		for _, metric := range mf.Metric {
 			for _, l := range metric.Label {
 				switch l.GetName() {
-				case "table", "node_id", "topic", "client_id", "version", "le", "quantile":
+				case "table", "holder", "node_id", "topic", "client_id", "version", "le", "quantile":
 				default:
 					t.Errorf("%s has label %s=%q", name, l.GetName(), l.GetValue())
 				}
@@ -130,4 +131,83 @@ func sum(mfs map[string]*dto.MetricFamily, name string) float64 {
 		}
 	}
 	return total
+}
+
+// TestMetricsShowTheSnapshotHoldingTheQueue holds a snapshot open beside
+// the shipper, as pg_dump does, and follows the oldest snapshot's metrics
+// while it is held and once it is released.
+func TestMetricsShowTheSnapshotHoldingTheQueue(t *testing.T) {
+	t.Parallel()
+	b := setup(t,
+		`CREATE TABLE items (id int PRIMARY KEY)`,
+		`SELECT pg2kafka.setup('items', 'id')`,
+	)
+	b.run()
+	ctx := context.Background()
+	holder := func(mfs map[string]*dto.MetricFamily, name string) (string, float64) {
+		mf := mfs[name]
+		if mf == nil || len(mf.Metric) != 1 {
+			t.Fatalf("%s: %v, want one series", name, mf)
+		}
+		m := mf.Metric[0]
+		if len(m.Label) != 1 || m.Label[0].GetName() != "holder" {
+			t.Fatalf("%s has labels %v, want holder alone", name, m.Label)
+		}
+		return m.Label[0].GetValue(), m.GetGauge().GetValue()
+	}
+	b.waitFor("no snapshot held", func() bool {
+		h, age := holder(b.scrape(), "pg2kafka_oldest_snapshot_age_seconds")
+		return h == "none" && age == 0
+	})
+
+	conn, err := b.admin.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	beforeBegin := time.Now()
+	if _, err := conn.Exec(ctx, `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`); err != nil {
+		t.Fatal(err)
+	}
+	// The first statement takes the snapshot.
+	if _, err := conn.Exec(ctx, `SELECT count(*) FROM items`); err != nil {
+		t.Fatal(err)
+	}
+	began := time.Now()
+	b.exec(`INSERT INTO items SELECT generate_series(1, 300)`)
+	b.waitFor("the events to ship", func() bool {
+		n, ok := value(b.scrape(), "pg2kafka_queue_events", "table", "public.items")
+		return ok && n == 0
+	})
+
+	// Its age grows with the time it is held; nothing newer is taken for it.
+	b.waitFor("the held snapshot to be a second old", func() bool {
+		from := time.Now()
+		mfs := b.scrape()
+		h, age := holder(mfs, "pg2kafka_oldest_snapshot_age_seconds")
+		if h != "session" {
+			t.Fatalf("pg2kafka_oldest_snapshot_age_seconds{holder=%q} while a session holds a snapshot", h)
+		}
+		if low, high := from.Sub(began).Seconds(), time.Since(beforeBegin).Seconds(); age < low-0.01 || age > high+0.01 {
+			t.Fatalf("the held snapshot is %.3fs old, want between %.3fs and %.3fs", age, low, high)
+		}
+		if h, xids := holder(mfs, "pg2kafka_oldest_snapshot_xid_age"); h != "session" || xids < 2 {
+			t.Fatalf("pg2kafka_oldest_snapshot_xid_age{holder=%q} = %v, want the session's, taken before the insert and the deletes", h, xids)
+		}
+		return age >= 1
+	})
+	b.waitFor("the 300 shipped events to count as dead rows", func() bool {
+		n, _ := value(b.scrape(), "pg2kafka_queue_dead_rows")
+		return n >= 300
+	})
+
+	if _, err := conn.Exec(ctx, `COMMIT`); err != nil {
+		t.Fatal(err)
+	}
+	b.waitFor("the snapshot's metrics to go back once it is released", func() bool {
+		mfs := b.scrape()
+		h, age := holder(mfs, "pg2kafka_oldest_snapshot_age_seconds")
+		_, xids := holder(mfs, "pg2kafka_oldest_snapshot_xid_age")
+		return h == "none" && age == 0 && xids == 0
+	})
 }

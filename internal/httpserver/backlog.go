@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pg2kafka/pg2kafka/outbox"
+	"github.com/pg2kafka/pg2kafka/shipper"
 )
 
 // backlogSnapshot is the queue as counted at one moment.
@@ -75,6 +76,8 @@ var (
 		"How many transactions ago the oldest snapshot that keeps the queue's dead rows was taken, by what holds it; 0 with holder \"none\" when nothing holds one.", []string{"holder"}, nil)
 	deadRowsDesc = prometheus.NewDesc("pg2kafka_queue_dead_rows",
 		"Postgres' estimate of the dead rows in pg2kafka.outbound_event_queue (n_dead_tup): shipped events vacuum has not removed yet.", nil, nil)
+	tablePausedDesc = prometheus.NewDesc("pg2kafka_table_paused",
+		"1 while this process holds the table's events back because its target is unusable (a missing Kafka topic, a failing webhook endpoint, an unroutable RabbitMQ key): they stay queued and are retried, and the other tables go on; 0 for the other tables of the queue's count. The status page and /status.json say why.", []string{"table"}, nil)
 	viewersDesc = prometheus.NewDesc("pg2kafka_stream_viewers",
 		"Live stream viewers connected to this process.", nil, nil)
 	droppedDesc = prometheus.NewDesc("pg2kafka_stream_viewers_dropped_total",
@@ -82,7 +85,7 @@ var (
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{queueEventsDesc, queueEstimatedDesc, queueOldestDesc, deadLettersDesc, snapshotAgeDesc, snapshotXIDAgeDesc, deadRowsDesc, shippersDesc, lanesDesc, readyDesc, backlogUpDesc, viewersDesc, droppedDesc} {
+	for _, d := range []*prometheus.Desc{queueEventsDesc, queueEstimatedDesc, queueOldestDesc, deadLettersDesc, snapshotAgeDesc, snapshotXIDAgeDesc, deadRowsDesc, tablePausedDesc, shippersDesc, lanesDesc, readyDesc, backlogUpDesc, viewersDesc, droppedDesc} {
 		ch <- d
 	}
 }
@@ -90,11 +93,15 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	s := c.s
 	b := s.currentBacklog(context.Background())
+	paused := s.pausedTables()
 	up := 0.0
 	if b.err == nil {
 		up = 1
 		for _, t := range b.status.Tables {
 			label := tableLabel(outbox.Table{Schema: t.Schema, Name: t.Name})
+			if _, ok := paused[label]; !ok {
+				ch <- prometheus.MustNewConstMetric(tablePausedDesc, prometheus.GaugeValue, 0, label)
+			}
 			ch <- prometheus.MustNewConstMetric(queueEventsDesc, prometheus.GaugeValue, float64(t.Queued), label)
 			if age, ok := oldestAge(t, b.at); ok {
 				ch <- prometheus.MustNewConstMetric(queueOldestDesc, prometheus.GaugeValue, age, label)
@@ -116,6 +123,9 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(deadRowsDesc, prometheus.GaugeValue, float64(h.DeadRows))
 	}
 	ch <- prometheus.MustNewConstMetric(backlogUpDesc, prometheus.GaugeValue, up)
+	for label := range paused {
+		ch <- prometheus.MustNewConstMetric(tablePausedDesc, prometheus.GaugeValue, 1, label)
+	}
 	lanes, joined := 0.0, 0.0
 	if p := s.parts.Load(); p != nil {
 		st := p.Shipper.State()
@@ -130,6 +140,19 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(viewersDesc, prometheus.GaugeValue, float64(h.Viewers()))
 		ch <- prometheus.MustNewConstMetric(droppedDesc, prometheus.CounterValue, float64(h.Dropped()))
 	}
+}
+
+// pausedTables returns the tables the shipper holds back, by label.
+func (s *Server) pausedTables() map[string]shipper.PausedTable {
+	p := s.parts.Load()
+	if p == nil {
+		return nil
+	}
+	out := make(map[string]shipper.PausedTable)
+	for _, pt := range p.Shipper.Paused() {
+		out[tableLabel(pt.Table)] = pt
+	}
+	return out
 }
 
 // oldestAge is the age in seconds of the table's oldest queued event now,

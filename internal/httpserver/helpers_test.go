@@ -58,7 +58,20 @@ type bundle struct {
 	logs     *syncBuffer
 }
 
+// options change a bundle from its defaults.
+type options struct {
+	// ownTopics leaves the topics to the test, rather than to the sink
+	// (KAFKA_CREATE_TOPICS): a table whose topic the test does not create
+	// is paused. The sink looks again at a missing topic every 50ms.
+	ownTopics bool
+}
+
 func setup(t *testing.T, sql ...string) *bundle {
+	t.Helper()
+	return setupWith(t, options{}, sql...)
+}
+
+func setupWith(t *testing.T, o options, sql ...string) *bundle {
 	t.Helper()
 	ctx := context.Background()
 	admin, connString := pgtest.NewPool(t)
@@ -83,7 +96,11 @@ func setup(t *testing.T, sql ...string) *bundle {
 	b.startKafka(0)
 	b.hub = stream.NewHub(0)
 	b.stats = httpserver.NewStats(b.hub)
-	if b.sink, err = kafka.New(kafka.Config{Brokers: b.cluster.ListenAddrs(), CreateTopics: true, TopicPartitions: 3, TopicReplicationFactor: 1},
+	kcfg := kafka.Config{Brokers: b.cluster.ListenAddrs(), CreateTopics: true, TopicPartitions: 3, TopicReplicationFactor: 1}
+	if o.ownTopics {
+		kcfg.CreateTopics, kcfg.CheckInterval = false, 50*time.Millisecond
+	}
+	if b.sink, err = kafka.New(kcfg,
 		kgo.WithHooks(b.stats.KafkaHooks()),
 		kgo.RetryBackoffFn(func(int) time.Duration { return 50 * time.Millisecond })); err != nil {
 		t.Fatal(err)

@@ -2,11 +2,12 @@ package httpserver
 
 import (
 	"embed"
-
-	"github.com/pg2kafka/pg2kafka/outbox"
 	"net/http"
 	"slices"
 	"time"
+
+	"github.com/pg2kafka/pg2kafka/outbox"
+	"github.com/pg2kafka/pg2kafka/shipper"
 )
 
 // status is what /status.json returns, and the status page shows.
@@ -43,6 +44,29 @@ type tableStatus struct {
 	DeadLetters      int64    `json:"dead_letters"`
 	// ShippedPerSecond is by this process, oldest first.
 	ShippedPerSecond []float64 `json:"shipped_per_second"`
+	// Paused is set while this process holds the table's events back.
+	Paused *pausedStatus `json:"paused,omitempty"`
+}
+
+// pausedStatus is why a table's events wait, as the shipper logs it.
+type pausedStatus struct {
+	// Target is what failed: the Kafka topic, the webhook endpoint, the
+	// RabbitMQ routing key.
+	Target string `json:"target"`
+	// Since is when its events first failed; RetryAt when they are tried
+	// next.
+	Since   time.Time `json:"since"`
+	RetryAt time.Time `json:"retry_at"`
+	// Error is the last failure, naming the fix where the sink knows it.
+	Error string `json:"error"`
+}
+
+func newPausedStatus(p shipper.PausedTable) *pausedStatus {
+	ps := &pausedStatus{Target: p.Topic, Since: p.Since, RetryAt: p.RetryAt}
+	if p.Err != nil {
+		ps.Error = p.Err.Error()
+	}
+	return ps
 }
 
 type shipperStatus struct {
@@ -75,6 +99,7 @@ func (s *Server) statusJSON(w http.ResponseWriter, r *http.Request) {
 		st.Error = b.err.Error()
 	}
 	rates := s.cfg.Stats.shippedPerSecond(now)
+	paused := s.pausedTables()
 	seen := make(map[string]bool)
 	var tables []outbox.TableStatus
 	var shippers []outbox.ShipperConn
@@ -88,7 +113,18 @@ func (s *Server) statusJSON(w http.ResponseWriter, r *http.Request) {
 		if age, ok := oldestAge(t, b.at); ok {
 			ts.OldestAgeSeconds = &age
 		}
+		if p, ok := paused[label]; ok {
+			ts.Paused = newPausedStatus(p)
+		}
 		st.Tables = append(st.Tables, ts)
+	}
+	// Paused tables the count missed: it failed, or its sample of a long
+	// queue did.
+	for label, p := range paused {
+		if !seen[label] {
+			seen[label] = true
+			st.Tables = append(st.Tables, tableStatus{Table: label, ShippedPerSecond: rates[label], Paused: newPausedStatus(p)})
+		}
 	}
 	// Tables shipped lately but gone from the count (torn down since).
 	for label, r := range rates {

@@ -146,6 +146,7 @@ func newSink(ctx context.Context, cfg Config, env environment, stats *httpserver
 			return nil, nil, &configError{err.Error()}
 		}
 		w := cfg.Webhook
+		sink.WatchStartup(ctx, logger)
 		return sink, []any{slog.String("webhook_url", webhook.RedactURL(w.URL)), slog.Int("webhook_batch_size", max(w.BatchSize, 1)),
 			slog.Int("webhook_concurrency", w.Concurrency), slog.Bool("webhook_signed", w.Secret != "")}, nil
 	case destRabbitMQ:

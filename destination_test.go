@@ -159,6 +159,9 @@ func TestShipsToAWebhook(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, nil, func(k string) string { return env[k] }, io.Discard, stderr) }()
 	waitFor(t, "the queue to drain", func() bool { return queueLength(t, pool) == 0 })
+	waitFor(t, "the startup check's line", func() bool {
+		return strings.Contains(stderr.String(), `msg="webhook endpoint reachable" webhook_address=`+srv.Listener.Addr().String())
+	})
 
 	// While it runs, a shipper of another kind is refused.
 	other := map[string]string{"DATABASE_URL": url, "KAFKA_PRODUCER_URL": "127.0.0.1:1", "POLL_INTERVAL": "10ms"}

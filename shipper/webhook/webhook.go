@@ -55,8 +55,19 @@ type Sink struct {
 	key    []byte
 	client *http.Client
 
+	// endpoint and tls are what the reachability check dials, and how.
+	endpoint endpoint
+	tls      *tls.Config
+	recheck  time.Duration // recheckAfter unless a test says otherwise
+
 	mu    sync.Mutex
 	slots map[string]chan struct{} // per endpoint, Concurrency of them
+	// answeredAt is when the endpoint last answered a request; checkedAt
+	// and checkErr when the reachability check last dialled it, and what
+	// it found.
+	answeredAt time.Time
+	checkedAt  time.Time
+	checkErr   error
 }
 
 // New returns a sink for cfg, which it validates; it reads CAFile.
@@ -102,7 +113,9 @@ func New(cfg Config) (*Sink, error) {
 			// acknowledgement: the answer is reported as it is.
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		},
-		slots: make(map[string]chan struct{}),
+		slots:    make(map[string]chan struct{}),
+		endpoint: endpointOf(cfg.URL),
+		tls:      tlsCfg,
 	}, nil
 }
 
@@ -422,6 +435,7 @@ func (s *Sink) post(parent context.Context, u string, msgs []shipper.Message, id
 		return &Error{URL: shown, Err: err}
 	}
 	defer resp.Body.Close()
+	s.noteAnswered()
 	snippet := make([]byte, 256)
 	n, _ := io.ReadFull(resp.Body, snippet)
 	snippet = bytes.TrimSpace(snippet[:n])

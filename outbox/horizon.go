@@ -55,14 +55,18 @@ func (h Horizon) Age(now time.Time) time.Duration {
 // transactions. A session holds it with its snapshot (backend_xmin) or, as a
 // writer, with its transaction id (backend_xid). The asking session, whose
 // own snapshot is new, is left out, and so is (auto)vacuum, which holds no
-// one's rows back.
+// one's rows back. A role that may not read another role's session stats
+// (pg2kafka_shipper, unless a member of pg_read_all_stats) sees that
+// session's snapshot but not its kind, state or start: such a session is
+// counted all the same, since missing a pg_dump run by the owner is worse
+// than taking another role's long vacuum for a session.
 const horizonSQL = `
 WITH holders AS (
     SELECT 'session' AS holder,
            CASE WHEN backend_xid IS NULL OR age(backend_xmin) > age(backend_xid) THEN backend_xmin ELSE backend_xid END AS xmin,
            xact_start AS since, pid, application_name AS name, coalesce(state, '') AS state, query_start
     FROM pg_stat_activity
-    WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+    WHERE datname = current_database() AND pid <> pg_backend_pid() AND coalesce(backend_type, 'client backend') = 'client backend'
       AND (backend_xmin IS NOT NULL OR backend_xid IS NOT NULL)
     UNION ALL
     SELECT 'prepared transaction', transaction, prepared, 0, gid, '', NULL

@@ -6,7 +6,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pg2kafka/pg2kafka/internal/pgtest"
 	"github.com/pg2kafka/pg2kafka/outbox"
 )
 
@@ -60,5 +62,51 @@ func TestOldestHorizonNamesTheSessionHoldingIt(t *testing.T) {
 			t.Fatalf("the queue has %d dead rows, want the 500 shipped", h.DeadRows)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestOldestHorizonAsTheShipperRole reads the horizon as pg2kafka_shipper,
+// which may not see the state, the start or even the kind of another
+// role's session, but may see its snapshot: a pg_dump by the owner is still
+// found, without the times the role may not see.
+func TestOldestHorizonAsTheShipperRole(t *testing.T) {
+	t.Parallel()
+	role := pgtest.NewRole(t)
+	b := setup(t, `GRANT pg2kafka_shipper TO `+role.Name)
+	pool, err := pgxpool.New(b.ctx, role.ConnString(t, b.connString))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	cfg, err := pgx.ParseConfig(b.connString)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.RuntimeParams["application_name"] = "nightly-dump"
+	dump, err := pgx.ConnectConfig(b.ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = dump.Close(context.Background()) })
+	if _, err := dump.Exec(b.ctx, `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`); err != nil {
+		t.Fatal(err)
+	}
+	var pid int32
+	if err := dump.QueryRow(b.ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	b.exec(t, `SELECT txid_current()`) // a transaction after the snapshot
+	h, err := outbox.OldestHorizon(b.ctx, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.Holder != "session" || h.PID != pid || h.Name != "nightly-dump" || h.XIDAge < 1 || !h.Since.IsZero() || h.State != "" {
+		t.Errorf("oldest horizon %+v, want the session %d nightly-dump, at least a transaction old, its start and state unknown", h, pid)
+	}
+	if _, err := dump.Exec(b.ctx, `COMMIT`); err != nil {
+		t.Fatal(err)
+	}
+	if h, err := outbox.OldestHorizon(b.ctx, pool); err != nil || h.Holder != "" {
+		t.Errorf("released, oldest horizon %+v, %v; want none", h, err)
 	}
 }

@@ -145,7 +145,7 @@ func coreSettings() []setting {
 				return nil
 			}},
 		{env: []string{"KAFKA_LINGER"}, flag: "kafka-linger", def: "0s",
-			help: "How long the producer waits for more records before sending a partition's batch; pg2kafka hands over whole batches at once, so waiting mostly adds latency.",
+			help: "No effect, kept so that configurations setting it still start (with a warning): a batch's records are sent together once all are handed to the producer.",
 			parse: func(c *Config, v string) error {
 				d, err := time.ParseDuration(v)
 				if err != nil || d < 0 || d > time.Minute {

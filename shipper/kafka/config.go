@@ -55,9 +55,10 @@ type Config struct {
 	// Compression of produced batches: none, gzip, snappy, lz4 or zstd
 	// (KAFKA_COMPRESSION). Default lz4.
 	Compression string
-	// Linger is how long the producer waits for more records before sending
-	// a partition's batch (KAFKA_LINGER), from 0 to 1m. Default 0: the
-	// shipper hands over whole batches at once.
+	// Linger (KAFKA_LINGER, 0 to 1m) has no effect: the records of a batch
+	// are sent together once all are handed to the producer, so there is
+	// nothing to wait for. It is accepted, with a warning, so that a
+	// configuration setting it still starts.
 	Linger time.Duration
 	// CreateTopics creates a missing topic before producing to it
 	// (KAFKA_CREATE_TOPICS). Default false: a missing topic makes its table
@@ -242,7 +243,6 @@ func (c Config) clientOpts() ([]kgo.Opt, error) {
 		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)),
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.ProducerBatchCompression(compressionCodecs[c.Compression]),
-		kgo.ProducerLinger(c.Linger),
 		// A topic the sink looked up and found is produced to at once; one
 		// that vanishes later fails its records at the first metadata
 		// answer saying so, rather than after four more, seconds apart,

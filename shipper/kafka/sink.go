@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -18,9 +19,14 @@ import (
 
 // Sink produces messages to Kafka. Create it with New.
 type Sink struct {
-	producer *producer
-	admin    *kadm.Client
-	cfg      Config
+	// client asks the brokers about topics and whether they answer; it
+	// produces nothing.
+	client *kgo.Client
+	// producers holds a producer per Send in flight; the records out on
+	// any of them, and on probe, are counted together (outstanding).
+	producers producerPool
+	admin     *kadm.Client
+	cfg       Config
 	// probe sends the records Kafka refused again, to find out which of
 	// them it refuses for themselves (see findRefused). It sends nothing
 	// else, and holding probeTurn lets one batch use it at a time, so a
@@ -53,26 +59,33 @@ func New(cfg Config, opts ...kgo.Opt) (*Sink, error) {
 	if err != nil {
 		return nil, err
 	}
-	client, err := kgo.NewClient(append(base, opts...)...)
+	client, err := kgo.NewClient(slices.Concat(base, opts)...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka: %w", err)
 	}
-	// The probe waits for each send before the next, so lingering would only
-	// slow it down. Like any client it connects on first use.
-	probe, err := kgo.NewClient(append(append(base, opts...), kgo.ProducerLinger(0))...)
+	// A producer holds a batch's records until all are handed to it, then
+	// sends them: see producer.produce.
+	produceOpts := slices.Concat(base, opts, []kgo.Opt{kgo.ManualFlushing(), kgo.MaxBufferedRecords(maxBufferedRecords)})
+	out := newOutstanding()
+	probe, err := newProducer(produceOpts, out)
 	if err != nil {
 		client.Close()
-		return nil, fmt.Errorf("kafka: %w", err)
+		return nil, err
 	}
 	s := &Sink{
-		producer:  newProducer(client),
+		client:    client,
+		producers: producerPool{opts: produceOpts, out: out},
 		admin:     kadm.NewClient(client),
-		probe:     newProducer(probe),
+		probe:     probe,
 		probeTurn: make(chan struct{}, 1),
 		cfg:       cfg,
 		topics:    make(map[string]*topicState),
 		nextCheck: time.Now(),
 		watched:   make(chan struct{}),
+	}
+	if cfg.Linger > 0 && cfg.Logger != nil {
+		cfg.Logger.Warn("KAFKA_LINGER has no effect: the records of a batch are sent together once all of them are handed to the producer; unset it",
+			slog.Duration("kafka_linger", cfg.Linger))
 	}
 	// The first check connects at once, so that a wrong address or a
 	// refused certificate is said while the queue may well be empty.
@@ -109,7 +122,15 @@ func (s *Sink) Send(ctx context.Context, msgs []shipper.Message) []error {
 		}
 		todo = append(todo, i)
 	}
-	s.producer.produce(ctx, msgs, todo, errs)
+	p, err := s.producers.take()
+	if err != nil {
+		for _, i := range todo {
+			errs[i] = err
+		}
+		return errs
+	}
+	p.produce(ctx, msgs, todo, errs)
+	s.producers.put(p)
 	var suspects []int
 	for _, i := range todo {
 		switch err := errs[i]; {
@@ -128,20 +149,136 @@ func (s *Sink) Send(ctx context.Context, msgs []shipper.Message) []error {
 	return errs
 }
 
-// producer is a franz-go client and the count of records handed to it that
-// no batch waits for any more.
+// maxBufferedRecords bounds the records a producer holds: more than a
+// batch can have (BATCH_SIZE is at most 100,000), since a producer that
+// does not flush by itself fails a record over the bound.
+const maxBufferedRecords = 1 << 20
+
+// producer is a franz-go client that one Send at a time produces to. It
+// flushes only when told (kgo.ManualFlushing), so that every record of a
+// batch is in its buffer before any is sent. That is what keeps a key's
+// records in order when Kafka refuses a partition's batch: franz-go then
+// fails every record it holds for the partition, which is every later
+// record of the key in this batch; had it sent the first records while
+// later ones were still being handed to it, those later ones would go
+// out in a batch of their own and could be written ahead of the earlier
+// ones, sent again. A client of its own per Send keeps another worker's
+// Send from flushing a batch half handed over.
+//
+// Handed to it is not yet in its buffer, though: a record of a topic whose
+// partitions the client does not know yet waits for them, and once they are
+// known, flushing could send the first of the topic's records before the
+// others are in. So produce flushes only once every record is partitioned,
+// which the client's hook counts, or failed: before a flush nothing is
+// sent, so a record that fails then was never partitioned (too large for
+// the client, of a topic found missing), or its Send is over anyway.
 type producer struct {
 	client *kgo.Client
+	out    *outstanding
 
+	mu          sync.Mutex
+	partitioned int           // records of the Send partitioned, or failed before the flush
+	want        int           // how many the Send has
+	ready       chan struct{} // closed once partitioned reaches want
+}
+
+func newProducer(opts []kgo.Opt, out *outstanding) (*producer, error) {
+	p := &producer{out: out}
+	client, err := kgo.NewClient(append(slices.Clip(opts), kgo.WithHooks(partitionHook{p}))...)
+	if err != nil {
+		return nil, fmt.Errorf("kafka: %w", err)
+	}
+	p.client = client
+	return p, nil
+}
+
+// partitionHook tells its producer of each record partitioned.
+type partitionHook struct{ p *producer }
+
+func (h partitionHook) OnProduceRecordPartitioned(*kgo.Record, int32) { h.p.arrived() }
+
+// expect readies the count of partitioned records for a Send of n.
+func (p *producer) expect(n int) <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.partitioned, p.want, p.ready = 0, n, make(chan struct{})
+	if n == 0 {
+		close(p.ready)
+	}
+	return p.ready
+}
+
+func (p *producer) arrived() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.partitioned == p.want {
+		return // flushing, or flushed: failures count no more
+	}
+	if p.partitioned++; p.partitioned == p.want {
+		close(p.ready)
+	}
+}
+
+// producerPool hands each Send a producer no other Send is using, making
+// one when none is free: there are as many as Sends ever ran at once, one
+// per worker.
+type producerPool struct {
+	opts []kgo.Opt
+	out  *outstanding
+
+	mu     sync.Mutex
+	free   []*producer
+	all    []*producer
+	closed bool
+}
+
+func (pp *producerPool) take() (*producer, error) {
+	pp.mu.Lock()
+	defer pp.mu.Unlock()
+	if pp.closed {
+		return nil, errors.New("kafka: the sink is closed")
+	}
+	if n := len(pp.free); n > 0 {
+		p := pp.free[n-1]
+		pp.free = pp.free[:n-1]
+		return p, nil
+	}
+	p, err := newProducer(pp.opts, pp.out)
+	if err != nil {
+		return nil, err
+	}
+	pp.all = append(pp.all, p)
+	return p, nil
+}
+
+func (pp *producerPool) put(p *producer) {
+	pp.mu.Lock()
+	defer pp.mu.Unlock()
+	pp.free = append(pp.free, p)
+}
+
+func (pp *producerPool) close() {
+	pp.mu.Lock()
+	all := pp.all
+	pp.all, pp.free, pp.closed = nil, nil, true
+	pp.mu.Unlock()
+	for _, p := range all {
+		p.client.Close()
+	}
+}
+
+// outstanding counts the records handed to any producer that no batch
+// waits for any more.
+type outstanding struct {
 	mu        sync.Mutex
 	abandoned int
 	drained   chan struct{} // closed while abandoned is 0
 }
 
-func newProducer(client *kgo.Client) *producer {
-	p := &producer{client: client, drained: make(chan struct{})}
-	close(p.drained)
-	return p
+func newOutstanding() *outstanding {
+	o := &outstanding{drained: make(chan struct{})}
+	close(o.drained)
+	return o
 }
 
 type produced struct {
@@ -159,14 +296,14 @@ type produced struct {
 // still out fail with ctx's error, so that their batch is rolled back and its
 // events stay queued, and they are counted as abandoned until franz-go
 // settles them. Before sending anything, produce waits for the abandoned
-// records to settle: a partition then never holds two sends of an event, so
-// an event sent again can only repeat the earlier send, never overtake it,
-// and the records held through an outage stay bounded by one batch per
-// worker.
+// records of every producer to settle: a partition then never holds two
+// sends of an event, so an event sent again can only repeat the earlier
+// send, never overtake it, and the records held through an outage stay
+// bounded by one batch per worker.
 func (p *producer) produce(ctx context.Context, msgs []shipper.Message, which []int, errs []error) {
-	p.mu.Lock()
-	drained := p.drained
-	p.mu.Unlock()
+	p.out.mu.Lock()
+	drained := p.out.drained
+	p.out.mu.Unlock()
 	select {
 	case <-drained:
 	case <-ctx.Done():
@@ -185,12 +322,25 @@ func (p *producer) produce(ctx context.Context, msgs []shipper.Message, which []
 		nHeaders += len(msgs[i].Headers)
 	}
 	headers := make([]kgo.RecordHeader, 0, nHeaders)
+	ready := p.expect(len(which))
 	for k, i := range which {
 		m := &msgs[i]
 		first := len(headers)
 		headers = appendRecordHeaders(headers, m.Headers)
 		records[k] = kgo.Record{Topic: m.Topic, Key: m.Key, Value: m.Value, Headers: headers[first:len(headers):len(headers)], Timestamp: m.Timestamp}
-		p.client.Produce(ctx, &records[k], func(_ *kgo.Record, err error) { results <- produced{i, err} })
+		p.client.Produce(ctx, &records[k], func(_ *kgo.Record, err error) {
+			if err != nil {
+				p.arrived()
+			}
+			results <- produced{i, err}
+		})
+	}
+	// Flush returns once every record is settled, or when ctx ends, which
+	// the loop below sees too.
+	select {
+	case <-ready:
+		_ = p.client.Flush(ctx)
+	case <-ctx.Done():
 	}
 	settled := make([]bool, len(msgs))
 	for left := len(which); left > 0; left-- {
@@ -207,7 +357,11 @@ func (p *producer) produce(ctx context.Context, msgs []shipper.Message, which []
 					errs[i] = fmt.Errorf("kafka: no acknowledgement in time: %w", ctx.Err())
 				}
 			}
-			p.abandon(left, results)
+			// Flushing stopped with ctx, and what it had not sent yet
+			// would wait for the next flush: flush until every record
+			// is settled, or the client closes.
+			go func() { _ = p.client.Flush(context.WithoutCancel(ctx)) }()
+			p.out.abandon(left, results)
 			return
 		}
 	}
@@ -215,21 +369,21 @@ func (p *producer) produce(ctx context.Context, msgs []shipper.Message, which []
 
 // abandon counts n records whose results will arrive on results, unread,
 // until they have.
-func (p *producer) abandon(n int, results <-chan produced) {
-	p.mu.Lock()
-	if p.abandoned == 0 {
-		p.drained = make(chan struct{})
+func (o *outstanding) abandon(n int, results <-chan produced) {
+	o.mu.Lock()
+	if o.abandoned == 0 {
+		o.drained = make(chan struct{})
 	}
-	p.abandoned += n
-	p.mu.Unlock()
+	o.abandoned += n
+	o.mu.Unlock()
 	go func() {
 		for range n {
 			<-results
 		}
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		if p.abandoned -= n; p.abandoned == 0 {
-			close(p.drained)
+		o.mu.Lock()
+		defer o.mu.Unlock()
+		if o.abandoned -= n; o.abandoned == 0 {
+			close(o.drained)
 		}
 	}()
 }
@@ -352,8 +506,9 @@ func (s *Sink) Close() {
 	s.closing.Store(true)
 	s.stopWatch()
 	<-s.watched
-	s.producer.client.Close()
+	s.producers.close()
 	s.probe.client.Close()
+	s.client.Close()
 }
 
 // appendRecordHeaders appends headers to dst as franz-go's record headers.

@@ -117,7 +117,7 @@ func (s *Sink) metadata(ctx context.Context, topics []string) (map[string]error,
 		rt.Topic = kmsg.StringPtr(t)
 		req.Topics = append(req.Topics, rt)
 	}
-	resp, err := req.RequestWith(ctx, s.producer.client)
+	resp, err := req.RequestWith(ctx, s.client)
 	if err != nil {
 		return nil, err
 	}
@@ -171,7 +171,7 @@ func (s *Sink) watch(ctx context.Context) {
 func (s *Sink) check(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, lookupTimeout)
 	defer cancel()
-	err := s.producer.client.Ping(ctx)
+	err := s.client.Ping(ctx)
 	if ctx.Err() != nil && err != nil && s.closing.Load() {
 		return
 	}

@@ -18,24 +18,7 @@ func TestOldestHorizonNamesTheSessionHoldingIt(t *testing.T) {
 		`CREATE TABLE items (id int PRIMARY KEY)`,
 		`SELECT pg2kafka.setup('items', 'id')`,
 	)
-	cfg, err := pgx.ParseConfig(b.connString)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.RuntimeParams["application_name"] = "nightly-dump"
-	dump, err := pgx.ConnectConfig(b.ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = dump.Close(context.Background()) })
-	if _, err := dump.Exec(b.ctx, `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`); err != nil {
-		t.Fatal(err)
-	}
-	var pid int32
-	var began time.Time
-	if err := dump.QueryRow(b.ctx, `SELECT pg_backend_pid(), now()`).Scan(&pid, &began); err != nil {
-		t.Fatal(err)
-	}
+	_, pid, began := holdSnapshot(t, b)
 
 	b.exec(t, `INSERT INTO items SELECT generate_series(1, 500)`)
 	s := &shipper{c: b.claimer(t)}
@@ -78,23 +61,7 @@ func TestOldestHorizonAsTheShipperRole(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	cfg, err := pgx.ParseConfig(b.connString)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.RuntimeParams["application_name"] = "nightly-dump"
-	dump, err := pgx.ConnectConfig(b.ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = dump.Close(context.Background()) })
-	if _, err := dump.Exec(b.ctx, `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`); err != nil {
-		t.Fatal(err)
-	}
-	var pid int32
-	if err := dump.QueryRow(b.ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
-		t.Fatal(err)
-	}
+	dump, pid, _ := holdSnapshot(t, b)
 	b.exec(t, `SELECT txid_current()`) // a transaction after the snapshot
 	h, err := outbox.OldestHorizon(b.ctx, pool)
 	if err != nil {
@@ -109,4 +76,28 @@ func TestOldestHorizonAsTheShipperRole(t *testing.T) {
 	if h, err := outbox.OldestHorizon(b.ctx, pool); err != nil || h.Holder != "" {
 		t.Errorf("released, oldest horizon %+v, %v; want none", h, err)
 	}
+}
+
+// holdSnapshot opens a session named nightly-dump, as pg_dump's would be,
+// holding a REPEATABLE READ snapshot, and returns it with its pid and when
+// its transaction began.
+func holdSnapshot(t *testing.T, b *bundle) (dump *pgx.Conn, pid int32, began time.Time) {
+	t.Helper()
+	cfg, err := pgx.ParseConfig(b.connString)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.RuntimeParams["application_name"] = "nightly-dump"
+	dump, err = pgx.ConnectConfig(b.ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = dump.Close(context.Background()) })
+	if _, err := dump.Exec(b.ctx, `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`); err != nil {
+		t.Fatal(err)
+	}
+	if err := dump.QueryRow(b.ctx, `SELECT pg_backend_pid(), now()`).Scan(&pid, &began); err != nil {
+		t.Fatal(err)
+	}
+	return dump, pid, began
 }

@@ -33,6 +33,18 @@ func watch(t *testing.T, cfg webhook.Config) (*webhook.Sink, *syncbuf.Buffer) {
 	return sink, &log
 }
 
+// refusedAddr is an address where nothing listens, so that connecting to
+// it is refused.
+func refusedAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
 func awaitLog(t *testing.T, log *syncbuf.Buffer, want ...string) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
@@ -70,13 +82,7 @@ func TestStartupSaysTheEndpointIsReachable(t *testing.T) {
 // endpoint comes up, that too.
 func TestStartupWarnsOfAnUnreachableEndpointUntilItIsUp(t *testing.T) {
 	t.Parallel()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-
+	addr := refusedAddr(t)
 	sink, log := watch(t, webhook.Config{URL: "http://" + addr + "/hooks"})
 	awaitLog(t, log, `level=WARN msg="cannot reach the webhook endpoint yet; events stay queued, retrying" webhook_address=`+addr,
 		"webhook: cannot connect to "+addr, "connection refused; is the endpoint up, and WEBHOOK_URL right?")
@@ -87,7 +93,7 @@ func TestStartupWarnsOfAnUnreachableEndpointUntilItIsUp(t *testing.T) {
 		t.Fatalf("said reachable while nothing listens:\n%s", log)
 	}
 
-	l, err = net.Listen("tcp", addr)
+	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Skipf("the port was taken meanwhile: %v", err)
 	}

@@ -531,16 +531,10 @@ func TestTimeout(t *testing.T) {
 
 func TestSecretsNeverInErrors(t *testing.T) {
 	t.Parallel()
-	// Nothing listens here: the connection is refused.
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := refusedAddr(t)
 	headers, _ := webhook.ParseHeaders("Authorization: Bearer top-secret-token")
 	s := newSink(t, webhook.Config{URL: "http://user:hunter2@" + addr + "/hook", Headers: headers, Secret: "signing-secret"})
-	err = s.Send(context.Background(), sinktest.Messages("secret", 1))[0]
+	err := s.Send(context.Background(), sinktest.Messages("secret", 1))[0]
 	if err == nil {
 		t.Fatal("acknowledged by nothing")
 	}

@@ -55,29 +55,49 @@ ALTER TABLE pg2kafka.dead_letter_events
     DROP CONSTRAINT dead_letter_events_statement_check,
     ADD CONSTRAINT dead_letter_events_statement_check CHECK (statement IN ('INSERT', 'UPDATE', 'DELETE', 'SNAPSHOT', 'EVENT'));
 
--- enqueue_emitted checks an event, queues it and returns its id; the emit()
--- overloads have turned the payload into data and measured it. It runs as
--- the owner, called by them, and with its caller's search_path, so every
--- name in it is qualified, as in the trigger (migration 6).
+-- emit() is written for the path of a good event, which costs an
+-- application one plpgsql call: one IF of simple expressions (which Postgres
+-- evaluates without its executor), then one statement, the INSERT, which
+-- reads the limit and the tracked topics itself. Only when the IF is false,
+-- or the INSERT inserts nothing, does refuse_emitted() work out why. Every
+-- name is qualified, as in the trigger (migration 6): emit() runs as its
+-- owner with its caller's search_path, as a SET clause would cost each call
+-- a configuration change.
 --
--- It is written for the path of a good event: checks that Postgres
--- evaluates as simple expressions, without its executor, and one statement,
--- the INSERT, which reads the settings and the tracked topics itself. Only
--- when that INSERT inserts nothing does it look up why.
---
--- pg_current_xact_id() gives the transaction its id before the INSERT takes
--- the event's: when emit() is the transaction's first write, Postgres would
--- otherwise assign the xid only afterwards, and for that moment a snapshot
--- would not show the transaction that holds the id as running.
+-- emittable() is the IF's test of the topic and the headers, shared by the
+-- overloads. A plain SQL expression, so Postgres inlines it into their IF
+-- rather than calling it. The headers' values are tested in strict mode,
+-- which does not unwrap an array value into its elements; their names are
+-- looked at one by one (keyvalue(), several times the cost) only when their
+-- text holds "pg2kafka-" somewhere, lower() and flag "i" folding case in the
+-- same collation, the database's. Not {1,249} in the topic's pattern:
+-- Postgres expands a bounded repetition into as many states, and matching
+-- it cost 100 µs a call.
 -- +goose StatementBegin
-CREATE FUNCTION pg2kafka.enqueue_emitted(
-    topic pg_catalog.text, key pg_catalog.text, data pg_catalog.jsonb, value_bytes pg_catalog.int4, headers pg_catalog.jsonb
-) RETURNS pg_catalog.int8
+CREATE FUNCTION pg2kafka.emittable(topic pg_catalog.text, headers pg_catalog.jsonb) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+SELECT pg_catalog.octet_length(topic) OPERATOR(pg_catalog.<=) 249
+   AND topic OPERATOR(pg_catalog.~) '^[a-zA-Z0-9._-]+$'
+   AND topic OPERATOR(pg_catalog.<>) '.' AND topic OPERATOR(pg_catalog.<>) '..'
+   AND NOT pg_catalog.starts_with(topic, 'pg2kafka.')
+   AND (headers IS NULL
+        OR pg_catalog.jsonb_typeof(headers) OPERATOR(pg_catalog.=) 'object'
+           AND NOT pg_catalog.jsonb_path_exists(headers, 'strict $.* ? (@.type() != "string")')
+           AND (pg_catalog.strpos(pg_catalog.lower(headers::pg_catalog.text), 'pg2kafka-') OPERATOR(pg_catalog.=) 0
+                OR NOT pg_catalog.jsonb_path_exists(headers, '$.keyvalue() ? (@.key like_regex "^pg2kafka-" flag "i")')))
+$$;
+-- +goose StatementEnd
+
+-- refuse_emitted raises the error of the first check an event fails, the
+-- payload's own checks done: emit() calls it when its IF was false or its
+-- INSERT inserted nothing. Its caller runs as the owner, so it does too.
+-- +goose StatementBegin
+CREATE FUNCTION pg2kafka.refuse_emitted(
+    topic pg_catalog.text, value_bytes pg_catalog.int4, headers pg_catalog.jsonb
+) RETURNS void
 LANGUAGE plpgsql AS $$
 #variable_conflict use_variable
 DECLARE
-    queued    pg_catalog.int8;
-    xid       pg_catalog.xid8;
     max_bytes pg_catalog.int4;
     taken_by  pg_catalog.text;
     bad_key   pg_catalog.text;
@@ -88,8 +108,6 @@ BEGIN
             USING ERRCODE = 'null_value_not_allowed',
                   HINT = 'Name the Kafka topic the event goes to, e.g. topic => ''shop.order-events''.';
     END IF;
-    -- Not {1,249} in the pattern: Postgres expands a bounded repetition
-    -- into as many states, and matching it cost 100 µs a call.
     IF pg_catalog.octet_length(topic) OPERATOR(pg_catalog.>) 249
        OR NOT topic OPERATOR(pg_catalog.~) '^[a-zA-Z0-9._-]+$'
        OR topic OPERATOR(pg_catalog.=) '.' OR topic OPERATOR(pg_catalog.=) '..' THEN
@@ -109,33 +127,20 @@ BEGIN
                 USING ERRCODE = 'invalid_parameter_value',
                       HINT = 'For example headers => ''{"event-type":"OrderPaid"}''; null for none.';
         END IF;
-        IF pg_catalog.jsonb_path_exists(headers,
-               '$.keyvalue() ? (@.value.type() != "string" || @.key like_regex "^pg2kafka-" flag "i")') THEN
-            SELECT h.key, pg_catalog.jsonb_typeof(h.value) INTO bad_key, bad_type
-            FROM pg_catalog.jsonb_each(headers) AS h
-            WHERE pg_catalog.jsonb_typeof(h.value) OPERATOR(pg_catalog.<>) 'string'
-               OR pg_catalog.starts_with(pg_catalog.lower(h.key), 'pg2kafka-')
-            LIMIT 1;
-            IF bad_type OPERATOR(pg_catalog.=) 'string' THEN
-                RAISE EXCEPTION 'pg2kafka.emit: headers: % is a header of pg2kafka''s own', pg_catalog.to_json(bad_key)
-                    USING ERRCODE = 'invalid_parameter_value',
-                          HINT = 'pg2kafka sets the headers named pg2kafka-… itself; name the application''s headers otherwise.';
-            END IF;
+        SELECT h.key, pg_catalog.jsonb_typeof(h.value) INTO bad_key, bad_type
+        FROM pg_catalog.jsonb_each(headers) AS h
+        WHERE pg_catalog.jsonb_typeof(h.value) OPERATOR(pg_catalog.<>) 'string'
+           OR pg_catalog.starts_with(pg_catalog.lower(h.key), 'pg2kafka-')
+        LIMIT 1;
+        IF bad_type OPERATOR(pg_catalog.=) 'string' THEN
+            RAISE EXCEPTION 'pg2kafka.emit: headers: % is a header of pg2kafka''s own', pg_catalog.to_json(bad_key)
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'pg2kafka sets the headers named pg2kafka-… itself; name the application''s headers otherwise.';
+        ELSIF bad_type IS NOT NULL THEN
             RAISE EXCEPTION 'pg2kafka.emit: headers: the value of % is a JSON %, not a string', pg_catalog.to_json(bad_key), bad_type
                 USING ERRCODE = 'invalid_parameter_value',
                       HINT = 'Header values are strings: write {"attempt":"3"}, not {"attempt":3}.';
         END IF;
-    END IF;
-
-    xid := pg_catalog.pg_current_xact_id();
-    INSERT INTO pg2kafka.outbound_event_queue (external_id, table_schema, table_name, statement, data, topic, old)
-    SELECT key, '', topic, 'EVENT', data, topic, headers
-    FROM pg2kafka.settings AS s
-    WHERE value_bytes OPERATOR(pg_catalog.<=) s.emit_max_bytes
-      AND NOT EXISTS (SELECT FROM pg2kafka.tracked_tables AS t WHERE t.topic OPERATOR(pg_catalog.=) topic)
-    RETURNING id INTO queued;
-    IF queued IS NOT NULL THEN
-        RETURN queued;
     END IF;
 
     SELECT s.emit_max_bytes INTO max_bytes FROM pg2kafka.settings AS s;
@@ -152,9 +157,15 @@ BEGIN
     END IF;
     SELECT t.relation::pg_catalog.text INTO taken_by FROM pg2kafka.tracked_tables AS t
     WHERE t.topic OPERATOR(pg_catalog.=) topic LIMIT 1;
-    RAISE EXCEPTION 'pg2kafka.emit: topic % carries the row changes of table %', pg_catalog.to_json(topic), taken_by
-        USING ERRCODE = 'invalid_parameter_value',
-              HINT = 'Emit to a topic of the application''s own, so that consumers of the table''s topic only ever read its row changes.';
+    IF taken_by IS NOT NULL THEN
+        RAISE EXCEPTION 'pg2kafka.emit: topic % carries the row changes of table %', pg_catalog.to_json(topic), taken_by
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Emit to a topic of the application''s own, so that consumers of the table''s topic only ever read its row changes.';
+    END IF;
+    -- The INSERT's snapshot saw a limit or a table's topic that a commit
+    -- since has changed.
+    RAISE EXCEPTION 'pg2kafka.emit: the event was not queued: pg2kafka.settings or the tracked tables changed meanwhile'
+        USING ERRCODE = 'serialization_failure', HINT = 'Emit it again.';
 END
 $$;
 -- +goose StatementEnd
@@ -164,27 +175,48 @@ $$;
 -- in jsonb's order, no spaces), a json or text one byte for byte. Each runs
 -- as its owner, like the trigger, and writes nothing but the one queue row:
 -- the statement is always EVENT, so no caller can queue a row change.
+--
+-- pg_current_xact_id() gives the transaction its id before the INSERT takes
+-- the event's: when emit() is the transaction's first write, Postgres would
+-- otherwise assign the xid only afterwards, and for that moment a snapshot
+-- would not show the transaction that holds the id as running
+-- (outbox/lowwater.go).
+--
+-- Each overload holds its own copy of the INSERT rather than calling a
+-- shared function: one plpgsql call per event, not two.
 -- +goose StatementBegin
 CREATE FUNCTION pg2kafka.emit(
     topic pg_catalog.text, key pg_catalog.text, payload pg_catalog.jsonb, headers pg_catalog.jsonb DEFAULT NULL
 ) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER AS $$
+#variable_conflict use_variable
 DECLARE
-    value  pg_catalog.text;
+    value  pg_catalog.text := payload::pg_catalog.text;
+    xid    pg_catalog.xid8;
     queued pg_catalog.int8;
 BEGIN
+    IF value IS NOT NULL AND pg2kafka.emittable(topic, headers) THEN
+        xid := pg_catalog.pg_current_xact_id();
+        -- A string is kept as its text, which is how data tells the exact
+        -- text of a payload: a jsonb string is its own text.
+        INSERT INTO pg2kafka.outbound_event_queue (external_id, table_schema, table_name, statement, data, topic, old)
+        SELECT key, '', topic, 'EVENT',
+               CASE WHEN pg_catalog.jsonb_typeof(payload) OPERATOR(pg_catalog.=) 'string'
+                    THEN pg_catalog.to_jsonb(value) ELSE payload END,
+               topic, headers
+        FROM pg2kafka.settings AS s
+        WHERE pg_catalog.octet_length(value) OPERATOR(pg_catalog.<=) s.emit_max_bytes
+          AND NOT EXISTS (SELECT FROM pg2kafka.tracked_tables AS t WHERE t.topic OPERATOR(pg_catalog.=) topic)
+        RETURNING id INTO queued;
+        IF queued IS NOT NULL THEN
+            RETURN;
+        END IF;
+    END IF;
     IF payload IS NULL THEN
         RAISE EXCEPTION 'pg2kafka.emit: payload must not be null'
             USING ERRCODE = 'null_value_not_allowed', HINT = 'For a JSON null, pass payload => ''null''.';
     END IF;
-    value := payload::pg_catalog.text;
-    -- A string is kept as its text, which is how data tells the exact text
-    -- of a payload: a jsonb string is its own text.
-    IF pg_catalog.jsonb_typeof(payload) OPERATOR(pg_catalog.=) 'string' THEN
-        queued := pg2kafka.enqueue_emitted(topic, key, pg_catalog.to_jsonb(value), pg_catalog.octet_length(value), headers);
-    ELSE
-        queued := pg2kafka.enqueue_emitted(topic, key, payload, pg_catalog.octet_length(value), headers);
-    END IF;
+    PERFORM pg2kafka.refuse_emitted(topic, pg_catalog.octet_length(value), headers);
 END
 $$;
 -- +goose StatementEnd
@@ -194,16 +226,29 @@ CREATE FUNCTION pg2kafka.emit(
     topic pg_catalog.text, key pg_catalog.text, payload pg_catalog.json, headers pg_catalog.jsonb DEFAULT NULL
 ) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER AS $$
+#variable_conflict use_variable
 DECLARE
-    value  pg_catalog.text;
+    value  pg_catalog.text := payload::pg_catalog.text;
+    xid    pg_catalog.xid8;
     queued pg_catalog.int8;
 BEGIN
+    IF value IS NOT NULL AND pg2kafka.emittable(topic, headers) THEN
+        xid := pg_catalog.pg_current_xact_id();
+        INSERT INTO pg2kafka.outbound_event_queue (external_id, table_schema, table_name, statement, data, topic, old)
+        SELECT key, '', topic, 'EVENT', pg_catalog.to_jsonb(value), topic, headers
+        FROM pg2kafka.settings AS s
+        WHERE pg_catalog.octet_length(value) OPERATOR(pg_catalog.<=) s.emit_max_bytes
+          AND NOT EXISTS (SELECT FROM pg2kafka.tracked_tables AS t WHERE t.topic OPERATOR(pg_catalog.=) topic)
+        RETURNING id INTO queued;
+        IF queued IS NOT NULL THEN
+            RETURN;
+        END IF;
+    END IF;
     IF payload IS NULL THEN
         RAISE EXCEPTION 'pg2kafka.emit: payload must not be null'
             USING ERRCODE = 'null_value_not_allowed', HINT = 'For a JSON null, pass payload => ''null''.';
     END IF;
-    value := payload::pg_catalog.text;
-    queued := pg2kafka.enqueue_emitted(topic, key, pg_catalog.to_jsonb(value), pg_catalog.octet_length(value), headers);
+    PERFORM pg2kafka.refuse_emitted(topic, pg_catalog.octet_length(value), headers);
 END
 $$;
 -- +goose StatementEnd
@@ -216,8 +261,11 @@ CREATE FUNCTION pg2kafka.emit(
     topic pg_catalog.text, key pg_catalog.text, payload pg_catalog.text, headers pg_catalog.jsonb DEFAULT NULL
 ) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER AS $$
+#variable_conflict use_variable
 DECLARE
     problem pg_catalog.text;
+    valid   boolean;
+    xid     pg_catalog.xid8;
     queued  pg_catalog.int8;
 BEGIN
     IF payload IS NULL THEN
@@ -225,14 +273,27 @@ BEGIN
             USING ERRCODE = 'null_value_not_allowed', HINT = 'For a JSON null, pass payload => ''null''.';
     END IF;
     BEGIN
-        PERFORM payload::pg_catalog.json;
+        -- An assignment, not PERFORM: a simple expression, not a query.
+        valid := payload::pg_catalog.json IS NOT NULL;
     EXCEPTION WHEN invalid_text_representation OR untranslatable_character THEN
         GET STACKED DIAGNOSTICS problem = PG_EXCEPTION_DETAIL;
         RAISE EXCEPTION 'pg2kafka.emit: payload is not JSON: %', problem
             USING ERRCODE = 'invalid_text_representation',
                   HINT = 'The payload is the record''s value, a JSON text such as ''{"type":"OrderPaid","order":42}''.';
     END;
-    queued := pg2kafka.enqueue_emitted(topic, key, pg_catalog.to_jsonb(payload), pg_catalog.octet_length(payload), headers);
+    IF pg2kafka.emittable(topic, headers) THEN
+        xid := pg_catalog.pg_current_xact_id();
+        INSERT INTO pg2kafka.outbound_event_queue (external_id, table_schema, table_name, statement, data, topic, old)
+        SELECT key, '', topic, 'EVENT', pg_catalog.to_jsonb(payload), topic, headers
+        FROM pg2kafka.settings AS s
+        WHERE pg_catalog.octet_length(payload) OPERATOR(pg_catalog.<=) s.emit_max_bytes
+          AND NOT EXISTS (SELECT FROM pg2kafka.tracked_tables AS t WHERE t.topic OPERATOR(pg_catalog.=) topic)
+        RETURNING id INTO queued;
+        IF queued IS NOT NULL THEN
+            RETURN;
+        END IF;
+    END IF;
+    PERFORM pg2kafka.refuse_emitted(topic, pg_catalog.octet_length(payload), headers);
 END
 $$;
 -- +goose StatementEnd
@@ -267,7 +328,8 @@ $$;
 -- +goose StatementEnd
 
 REVOKE EXECUTE ON FUNCTION pg2kafka.grant_emitter_privileges() FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION pg2kafka.enqueue_emitted(text, text, jsonb, integer, jsonb) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION pg2kafka.emittable(text, jsonb) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION pg2kafka.refuse_emitted(text, integer, jsonb) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION pg2kafka.emit(text, text, jsonb, jsonb) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION pg2kafka.emit(text, text, json, jsonb) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION pg2kafka.emit(text, text, text, jsonb) FROM PUBLIC;
@@ -321,7 +383,8 @@ DROP FUNCTION pg2kafka.grant_emitter_privileges();
 DROP FUNCTION pg2kafka.emit(text, text, jsonb, jsonb);
 DROP FUNCTION pg2kafka.emit(text, text, json, jsonb);
 DROP FUNCTION pg2kafka.emit(text, text, text, jsonb);
-DROP FUNCTION pg2kafka.enqueue_emitted(text, text, jsonb, integer, jsonb);
+DROP FUNCTION pg2kafka.refuse_emitted(text, integer, jsonb);
+DROP FUNCTION pg2kafka.emittable(text, jsonb);
 ALTER TABLE pg2kafka.dead_letter_events
     DROP CONSTRAINT dead_letter_events_statement_check,
     ADD CONSTRAINT dead_letter_events_statement_check CHECK (statement IN ('INSERT', 'UPDATE', 'DELETE', 'SNAPSHOT'));

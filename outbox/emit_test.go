@@ -95,6 +95,7 @@ func TestEmitStoresThePayloadAndHeaders(t *testing.T) {
 		`SELECT pg2kafka.emit('shop.order-events', NULL, '{"z": 1, "a": [true,  null]}'::jsonb, '{}')`,
 		`SELECT pg2kafka.emit('shop.order-events', '7', '"a \"quoted\" string"'::jsonb)`,
 		`SELECT pg2kafka.emit('shop.order-events', '7', E' [1,\n 2] ')`,
+		`SELECT pg2kafka.emit('shop.order-events', '8', '{}', '{"via":"pg2kafka-bridge"}')`,
 	)
 	b.requireEmitted(t,
 		orderEvent(ptr("42"), `"{\"type\":\"OrderPaid\", \"order\":42}"`, ptr(`{"event-type": "OrderPaid"}`)),
@@ -102,6 +103,7 @@ func TestEmitStoresThePayloadAndHeaders(t *testing.T) {
 		orderEvent(nil, `{"a": [true, null], "z": 1}`, ptr(`{}`)),
 		orderEvent(ptr("7"), `"\"a \\\"quoted\\\" string\""`, nil),
 		orderEvent(ptr("7"), `" [1,\n 2] "`, nil),
+		orderEvent(ptr("8"), `"{}"`, ptr(`{"via": "pg2kafka-bridge"}`)),
 	)
 }
 
@@ -178,7 +180,10 @@ func TestEmitBadInput(t *testing.T) {
 		{`SELECT pg2kafka.emit('shop.events', 'k', '{}', '{"trace":{"id":"x"}}')`, pgconn.PgError{Code: "22023",
 			Message: `pg2kafka.emit: headers: the value of "trace" is a JSON object, not a string`,
 			Hint:    `Header values are strings: write {"attempt":"3"}, not {"attempt":3}.`}},
-		{`SELECT pg2kafka.emit('shop.events', 'k', '{}', '{"PG2Kafka-Event-Id":"mine"}')`, pgconn.PgError{Code: "22023",
+		{`SELECT pg2kafka.emit('shop.events', 'k', '{}', '{"tags":["a","b"]}')`, pgconn.PgError{Code: "22023",
+			Message: `pg2kafka.emit: headers: the value of "tags" is a JSON array, not a string`,
+			Hint:    `Header values are strings: write {"attempt":"3"}, not {"attempt":3}.`}},
+		{`SELECT pg2kafka.emit('shop.events', 'k', '{}', '{"a":"pg2kafka-b","PG2Kafka-Event-Id":"mine"}')`, pgconn.PgError{Code: "22023",
 			Message: `pg2kafka.emit: headers: "PG2Kafka-Event-Id" is a header of pg2kafka's own`,
 			Hint:    `pg2kafka sets the headers named pg2kafka-… itself; name the application's headers otherwise.`}},
 	}
@@ -255,7 +260,8 @@ func TestEmitRights(t *testing.T) {
 			t.Errorf("as a member of pg2kafka_emitter, with search_path = evil, pg_catalog: %s: %v", sql, err)
 		}
 	}
-	refused(`SELECT pg2kafka.enqueue_emitted('shop.events', '1', '{}', 2, NULL)`, "permission denied for function enqueue_emitted")
+	refused(`SELECT pg2kafka.refuse_emitted('shop.events', 2, NULL)`, "permission denied for function refuse_emitted")
+	refused(`SELECT pg2kafka.emittable('shop.events', NULL)`, "permission denied for function emittable")
 	refused(`INSERT INTO pg2kafka.outbound_event_queue (external_id, table_schema, table_name, statement, data)
 	         VALUES ('1', 'public', 'orders', 'INSERT', '{}')`, "permission denied for table outbound_event_queue")
 	refused(`SELECT count(*) FROM pg2kafka.outbound_event_queue`, "permission denied for table outbound_event_queue")
@@ -298,7 +304,7 @@ func TestMigrateDownRefusesWhileEventsAreQueued(t *testing.T) {
 	if err := outbox.MigrateDownTo(b.ctx, b.pool, 10); err != nil {
 		t.Fatalf("MigrateDownTo(10): %v", err)
 	}
-	if n := b.count(t, `SELECT count(*) FROM pg_proc WHERE proname IN ('emit', 'enqueue_emitted', 'grant_emitter_privileges')`); n != 0 {
+	if n := b.count(t, `SELECT count(*) FROM pg_proc WHERE proname IN ('emit', 'emittable', 'refuse_emitted', 'grant_emitter_privileges')`); n != 0 {
 		t.Errorf("%d functions of version 11 left after going down", n)
 	}
 }

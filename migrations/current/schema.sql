@@ -231,16 +231,29 @@ CREATE OR REPLACE FUNCTION pg2kafka.emit(topic text, key text, payload json, hea
  LANGUAGE plpgsql
  SECURITY DEFINER
 AS $function$
+#variable_conflict use_variable
 DECLARE
-    value  pg_catalog.text;
+    value  pg_catalog.text := payload::pg_catalog.text;
+    xid    pg_catalog.xid8;
     queued pg_catalog.int8;
 BEGIN
+    IF value IS NOT NULL AND pg2kafka.emittable(topic, headers) THEN
+        xid := pg_catalog.pg_current_xact_id();
+        INSERT INTO pg2kafka.outbound_event_queue (external_id, table_schema, table_name, statement, data, topic, old)
+        SELECT key, '', topic, 'EVENT', pg_catalog.to_jsonb(value), topic, headers
+        FROM pg2kafka.settings AS s
+        WHERE pg_catalog.octet_length(value) OPERATOR(pg_catalog.<=) s.emit_max_bytes
+          AND NOT EXISTS (SELECT FROM pg2kafka.tracked_tables AS t WHERE t.topic OPERATOR(pg_catalog.=) topic)
+        RETURNING id INTO queued;
+        IF queued IS NOT NULL THEN
+            RETURN;
+        END IF;
+    END IF;
     IF payload IS NULL THEN
         RAISE EXCEPTION 'pg2kafka.emit: payload must not be null'
             USING ERRCODE = 'null_value_not_allowed', HINT = 'For a JSON null, pass payload => ''null''.';
     END IF;
-    value := payload::pg_catalog.text;
-    queued := pg2kafka.enqueue_emitted(topic, key, pg_catalog.to_jsonb(value), pg_catalog.octet_length(value), headers);
+    PERFORM pg2kafka.refuse_emitted(topic, pg_catalog.octet_length(value), headers);
 END
 $function$;
 
@@ -249,22 +262,34 @@ CREATE OR REPLACE FUNCTION pg2kafka.emit(topic text, key text, payload jsonb, he
  LANGUAGE plpgsql
  SECURITY DEFINER
 AS $function$
+#variable_conflict use_variable
 DECLARE
-    value  pg_catalog.text;
+    value  pg_catalog.text := payload::pg_catalog.text;
+    xid    pg_catalog.xid8;
     queued pg_catalog.int8;
 BEGIN
+    IF value IS NOT NULL AND pg2kafka.emittable(topic, headers) THEN
+        xid := pg_catalog.pg_current_xact_id();
+        -- A string is kept as its text, which is how data tells the exact
+        -- text of a payload: a jsonb string is its own text.
+        INSERT INTO pg2kafka.outbound_event_queue (external_id, table_schema, table_name, statement, data, topic, old)
+        SELECT key, '', topic, 'EVENT',
+               CASE WHEN pg_catalog.jsonb_typeof(payload) OPERATOR(pg_catalog.=) 'string'
+                    THEN pg_catalog.to_jsonb(value) ELSE payload END,
+               topic, headers
+        FROM pg2kafka.settings AS s
+        WHERE pg_catalog.octet_length(value) OPERATOR(pg_catalog.<=) s.emit_max_bytes
+          AND NOT EXISTS (SELECT FROM pg2kafka.tracked_tables AS t WHERE t.topic OPERATOR(pg_catalog.=) topic)
+        RETURNING id INTO queued;
+        IF queued IS NOT NULL THEN
+            RETURN;
+        END IF;
+    END IF;
     IF payload IS NULL THEN
         RAISE EXCEPTION 'pg2kafka.emit: payload must not be null'
             USING ERRCODE = 'null_value_not_allowed', HINT = 'For a JSON null, pass payload => ''null''.';
     END IF;
-    value := payload::pg_catalog.text;
-    -- A string is kept as its text, which is how data tells the exact text
-    -- of a payload: a jsonb string is its own text.
-    IF pg_catalog.jsonb_typeof(payload) OPERATOR(pg_catalog.=) 'string' THEN
-        queued := pg2kafka.enqueue_emitted(topic, key, pg_catalog.to_jsonb(value), pg_catalog.octet_length(value), headers);
-    ELSE
-        queued := pg2kafka.enqueue_emitted(topic, key, payload, pg_catalog.octet_length(value), headers);
-    END IF;
+    PERFORM pg2kafka.refuse_emitted(topic, pg_catalog.octet_length(value), headers);
 END
 $function$;
 
@@ -273,8 +298,11 @@ CREATE OR REPLACE FUNCTION pg2kafka.emit(topic text, key text, payload text, hea
  LANGUAGE plpgsql
  SECURITY DEFINER
 AS $function$
+#variable_conflict use_variable
 DECLARE
     problem pg_catalog.text;
+    valid   boolean;
+    xid     pg_catalog.xid8;
     queued  pg_catalog.int8;
 BEGIN
     IF payload IS NULL THEN
@@ -282,103 +310,44 @@ BEGIN
             USING ERRCODE = 'null_value_not_allowed', HINT = 'For a JSON null, pass payload => ''null''.';
     END IF;
     BEGIN
-        PERFORM payload::pg_catalog.json;
+        -- An assignment, not PERFORM: a simple expression, not a query.
+        valid := payload::pg_catalog.json IS NOT NULL;
     EXCEPTION WHEN invalid_text_representation OR untranslatable_character THEN
         GET STACKED DIAGNOSTICS problem = PG_EXCEPTION_DETAIL;
         RAISE EXCEPTION 'pg2kafka.emit: payload is not JSON: %', problem
             USING ERRCODE = 'invalid_text_representation',
                   HINT = 'The payload is the record''s value, a JSON text such as ''{"type":"OrderPaid","order":42}''.';
     END;
-    queued := pg2kafka.enqueue_emitted(topic, key, pg_catalog.to_jsonb(payload), pg_catalog.octet_length(payload), headers);
+    IF pg2kafka.emittable(topic, headers) THEN
+        xid := pg_catalog.pg_current_xact_id();
+        INSERT INTO pg2kafka.outbound_event_queue (external_id, table_schema, table_name, statement, data, topic, old)
+        SELECT key, '', topic, 'EVENT', pg_catalog.to_jsonb(payload), topic, headers
+        FROM pg2kafka.settings AS s
+        WHERE pg_catalog.octet_length(payload) OPERATOR(pg_catalog.<=) s.emit_max_bytes
+          AND NOT EXISTS (SELECT FROM pg2kafka.tracked_tables AS t WHERE t.topic OPERATOR(pg_catalog.=) topic)
+        RETURNING id INTO queued;
+        IF queued IS NOT NULL THEN
+            RETURN;
+        END IF;
+    END IF;
+    PERFORM pg2kafka.refuse_emitted(topic, pg_catalog.octet_length(payload), headers);
 END
 $function$;
 
-CREATE OR REPLACE FUNCTION pg2kafka.enqueue_emitted(topic text, key text, data jsonb, value_bytes integer, headers jsonb)
- RETURNS bigint
- LANGUAGE plpgsql
+CREATE OR REPLACE FUNCTION pg2kafka.emittable(topic text, headers jsonb)
+ RETURNS boolean
+ LANGUAGE sql
+ IMMUTABLE PARALLEL SAFE
 AS $function$
-#variable_conflict use_variable
-DECLARE
-    queued    pg_catalog.int8;
-    xid       pg_catalog.xid8;
-    max_bytes pg_catalog.int4;
-    taken_by  pg_catalog.text;
-    bad_key   pg_catalog.text;
-    bad_type  pg_catalog.text;
-BEGIN
-    IF topic IS NULL THEN
-        RAISE EXCEPTION 'pg2kafka.emit: topic must not be null'
-            USING ERRCODE = 'null_value_not_allowed',
-                  HINT = 'Name the Kafka topic the event goes to, e.g. topic => ''shop.order-events''.';
-    END IF;
-    -- Not {1,249} in the pattern: Postgres expands a bounded repetition
-    -- into as many states, and matching it cost 100 µs a call.
-    IF pg_catalog.octet_length(topic) OPERATOR(pg_catalog.>) 249
-       OR NOT topic OPERATOR(pg_catalog.~) '^[a-zA-Z0-9._-]+$'
-       OR topic OPERATOR(pg_catalog.=) '.' OR topic OPERATOR(pg_catalog.=) '..' THEN
-        RAISE EXCEPTION 'pg2kafka.emit: topic % is not a name Kafka accepts', pg_catalog.to_json(topic)
-            USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = 'A topic name is 1 to 249 characters, each an ASCII letter, a digit, ''.'', ''_'' or ''-'', and not "." or "..".';
-    END IF;
-    IF pg_catalog.starts_with(topic, 'pg2kafka.') THEN
-        RAISE EXCEPTION 'pg2kafka.emit: topic % is reserved for row changes', pg_catalog.to_json(topic)
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Topics named pg2kafka.… carry the row changes of tracked tables; emit to a topic of the application''s own.';
-    END IF;
-
-    IF headers IS NOT NULL THEN
-        IF pg_catalog.jsonb_typeof(headers) OPERATOR(pg_catalog.<>) 'object' THEN
-            RAISE EXCEPTION 'pg2kafka.emit: headers must be a JSON object of strings, not a JSON %', pg_catalog.jsonb_typeof(headers)
-                USING ERRCODE = 'invalid_parameter_value',
-                      HINT = 'For example headers => ''{"event-type":"OrderPaid"}''; null for none.';
-        END IF;
-        IF pg_catalog.jsonb_path_exists(headers,
-               '$.keyvalue() ? (@.value.type() != "string" || @.key like_regex "^pg2kafka-" flag "i")') THEN
-            SELECT h.key, pg_catalog.jsonb_typeof(h.value) INTO bad_key, bad_type
-            FROM pg_catalog.jsonb_each(headers) AS h
-            WHERE pg_catalog.jsonb_typeof(h.value) OPERATOR(pg_catalog.<>) 'string'
-               OR pg_catalog.starts_with(pg_catalog.lower(h.key), 'pg2kafka-')
-            LIMIT 1;
-            IF bad_type OPERATOR(pg_catalog.=) 'string' THEN
-                RAISE EXCEPTION 'pg2kafka.emit: headers: % is a header of pg2kafka''s own', pg_catalog.to_json(bad_key)
-                    USING ERRCODE = 'invalid_parameter_value',
-                          HINT = 'pg2kafka sets the headers named pg2kafka-… itself; name the application''s headers otherwise.';
-            END IF;
-            RAISE EXCEPTION 'pg2kafka.emit: headers: the value of % is a JSON %, not a string', pg_catalog.to_json(bad_key), bad_type
-                USING ERRCODE = 'invalid_parameter_value',
-                      HINT = 'Header values are strings: write {"attempt":"3"}, not {"attempt":3}.';
-        END IF;
-    END IF;
-
-    xid := pg_catalog.pg_current_xact_id();
-    INSERT INTO pg2kafka.outbound_event_queue (external_id, table_schema, table_name, statement, data, topic, old)
-    SELECT key, '', topic, 'EVENT', data, topic, headers
-    FROM pg2kafka.settings AS s
-    WHERE value_bytes OPERATOR(pg_catalog.<=) s.emit_max_bytes
-      AND NOT EXISTS (SELECT FROM pg2kafka.tracked_tables AS t WHERE t.topic OPERATOR(pg_catalog.=) topic)
-    RETURNING id INTO queued;
-    IF queued IS NOT NULL THEN
-        RETURN queued;
-    END IF;
-
-    SELECT s.emit_max_bytes INTO max_bytes FROM pg2kafka.settings AS s;
-    IF max_bytes IS NULL THEN
-        RAISE EXCEPTION 'pg2kafka.emit: pg2kafka.settings has no row, so no payload limit'
-            USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'The owner of schema pg2kafka restores it: INSERT INTO pg2kafka.settings DEFAULT VALUES;';
-    END IF;
-    IF value_bytes OPERATOR(pg_catalog.>) max_bytes THEN
-        RAISE EXCEPTION 'pg2kafka.emit: payload is % bytes, over the limit of % bytes', value_bytes, max_bytes
-            USING ERRCODE = 'program_limit_exceeded',
-                  HINT = 'The owner of schema pg2kafka sets the limit: UPDATE pg2kafka.settings SET emit_max_bytes = …; '
-                         'raise the topic''s max.message.bytes with it.';
-    END IF;
-    SELECT t.relation::pg_catalog.text INTO taken_by FROM pg2kafka.tracked_tables AS t
-    WHERE t.topic OPERATOR(pg_catalog.=) topic LIMIT 1;
-    RAISE EXCEPTION 'pg2kafka.emit: topic % carries the row changes of table %', pg_catalog.to_json(topic), taken_by
-        USING ERRCODE = 'invalid_parameter_value',
-              HINT = 'Emit to a topic of the application''s own, so that consumers of the table''s topic only ever read its row changes.';
-END
+SELECT pg_catalog.octet_length(topic) OPERATOR(pg_catalog.<=) 249
+   AND topic OPERATOR(pg_catalog.~) '^[a-zA-Z0-9._-]+$'
+   AND topic OPERATOR(pg_catalog.<>) '.' AND topic OPERATOR(pg_catalog.<>) '..'
+   AND NOT pg_catalog.starts_with(topic, 'pg2kafka.')
+   AND (headers IS NULL
+        OR pg_catalog.jsonb_typeof(headers) OPERATOR(pg_catalog.=) 'object'
+           AND NOT pg_catalog.jsonb_path_exists(headers, 'strict $.* ? (@.type() != "string")')
+           AND (pg_catalog.strpos(pg_catalog.lower(headers::pg_catalog.text), 'pg2kafka-') OPERATOR(pg_catalog.=) 0
+                OR NOT pg_catalog.jsonb_path_exists(headers, '$.keyvalue() ? (@.key like_regex "^pg2kafka-" flag "i")')))
 $function$;
 
 CREATE OR REPLACE FUNCTION pg2kafka.enqueue_event()
@@ -613,6 +582,83 @@ BEGIN
     LOOP
         EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', table_name, trigger_name);
     END LOOP;
+END
+$function$;
+
+CREATE OR REPLACE FUNCTION pg2kafka.refuse_emitted(topic text, value_bytes integer, headers jsonb)
+ RETURNS void
+ LANGUAGE plpgsql
+AS $function$
+#variable_conflict use_variable
+DECLARE
+    max_bytes pg_catalog.int4;
+    taken_by  pg_catalog.text;
+    bad_key   pg_catalog.text;
+    bad_type  pg_catalog.text;
+BEGIN
+    IF topic IS NULL THEN
+        RAISE EXCEPTION 'pg2kafka.emit: topic must not be null'
+            USING ERRCODE = 'null_value_not_allowed',
+                  HINT = 'Name the Kafka topic the event goes to, e.g. topic => ''shop.order-events''.';
+    END IF;
+    IF pg_catalog.octet_length(topic) OPERATOR(pg_catalog.>) 249
+       OR NOT topic OPERATOR(pg_catalog.~) '^[a-zA-Z0-9._-]+$'
+       OR topic OPERATOR(pg_catalog.=) '.' OR topic OPERATOR(pg_catalog.=) '..' THEN
+        RAISE EXCEPTION 'pg2kafka.emit: topic % is not a name Kafka accepts', pg_catalog.to_json(topic)
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'A topic name is 1 to 249 characters, each an ASCII letter, a digit, ''.'', ''_'' or ''-'', and not "." or "..".';
+    END IF;
+    IF pg_catalog.starts_with(topic, 'pg2kafka.') THEN
+        RAISE EXCEPTION 'pg2kafka.emit: topic % is reserved for row changes', pg_catalog.to_json(topic)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Topics named pg2kafka.… carry the row changes of tracked tables; emit to a topic of the application''s own.';
+    END IF;
+
+    IF headers IS NOT NULL THEN
+        IF pg_catalog.jsonb_typeof(headers) OPERATOR(pg_catalog.<>) 'object' THEN
+            RAISE EXCEPTION 'pg2kafka.emit: headers must be a JSON object of strings, not a JSON %', pg_catalog.jsonb_typeof(headers)
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'For example headers => ''{"event-type":"OrderPaid"}''; null for none.';
+        END IF;
+        SELECT h.key, pg_catalog.jsonb_typeof(h.value) INTO bad_key, bad_type
+        FROM pg_catalog.jsonb_each(headers) AS h
+        WHERE pg_catalog.jsonb_typeof(h.value) OPERATOR(pg_catalog.<>) 'string'
+           OR pg_catalog.starts_with(pg_catalog.lower(h.key), 'pg2kafka-')
+        LIMIT 1;
+        IF bad_type OPERATOR(pg_catalog.=) 'string' THEN
+            RAISE EXCEPTION 'pg2kafka.emit: headers: % is a header of pg2kafka''s own', pg_catalog.to_json(bad_key)
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'pg2kafka sets the headers named pg2kafka-… itself; name the application''s headers otherwise.';
+        ELSIF bad_type IS NOT NULL THEN
+            RAISE EXCEPTION 'pg2kafka.emit: headers: the value of % is a JSON %, not a string', pg_catalog.to_json(bad_key), bad_type
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Header values are strings: write {"attempt":"3"}, not {"attempt":3}.';
+        END IF;
+    END IF;
+
+    SELECT s.emit_max_bytes INTO max_bytes FROM pg2kafka.settings AS s;
+    IF max_bytes IS NULL THEN
+        RAISE EXCEPTION 'pg2kafka.emit: pg2kafka.settings has no row, so no payload limit'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'The owner of schema pg2kafka restores it: INSERT INTO pg2kafka.settings DEFAULT VALUES;';
+    END IF;
+    IF value_bytes OPERATOR(pg_catalog.>) max_bytes THEN
+        RAISE EXCEPTION 'pg2kafka.emit: payload is % bytes, over the limit of % bytes', value_bytes, max_bytes
+            USING ERRCODE = 'program_limit_exceeded',
+                  HINT = 'The owner of schema pg2kafka sets the limit: UPDATE pg2kafka.settings SET emit_max_bytes = …; '
+                         'raise the topic''s max.message.bytes with it.';
+    END IF;
+    SELECT t.relation::pg_catalog.text INTO taken_by FROM pg2kafka.tracked_tables AS t
+    WHERE t.topic OPERATOR(pg_catalog.=) topic LIMIT 1;
+    IF taken_by IS NOT NULL THEN
+        RAISE EXCEPTION 'pg2kafka.emit: topic % carries the row changes of table %', pg_catalog.to_json(topic), taken_by
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Emit to a topic of the application''s own, so that consumers of the table''s topic only ever read its row changes.';
+    END IF;
+    -- The INSERT's snapshot saw a limit or a table's topic that a commit
+    -- since has changed.
+    RAISE EXCEPTION 'pg2kafka.emit: the event was not queued: pg2kafka.settings or the tracked tables changed meanwhile'
+        USING ERRCODE = 'serialization_failure', HINT = 'Emit it again.';
 END
 $function$;
 

@@ -76,6 +76,9 @@ type lowWater struct {
 	cleared  bool
 	lookedAt time.Time
 	lastXmin int64
+	// lastFull is whether the last claim hit its limit: the queue is being
+	// drained, and each claim walks what was shipped since the last lift.
+	lastFull bool
 	// lastEmpty is whether the last claim found nothing; fresh whether the
 	// low-water ids were just sent back to the head. Either calls for a
 	// probe, if there is no candidate.
@@ -179,7 +182,7 @@ func (w *lowWater) claimed(except []Table, xmin, xmax int64, n int, last int64, 
 			s.lift = min(s.lift, last+1)
 		}
 	}
-	w.lastEmpty, w.fresh = n == 0, false
+	w.lastEmpty, w.lastFull, w.fresh = n == 0, full, false
 	return s
 }
 
@@ -283,8 +286,13 @@ func (c *Claimer) probe(ctx context.Context, now time.Time) error {
 }
 
 // lookInterval is how often a claimer whose candidate waits on its
-// snapshots' xmin looks for the writers themselves.
-const lookInterval = 100 * time.Millisecond
+// snapshots' xmin looks for the writers themselves; drainLookInterval how
+// often while its claims come back full, when each claim would otherwise
+// walk up to lookInterval's worth of the batches shipped before it.
+const (
+	lookInterval      = 100 * time.Millisecond
+	drainLookInterval = 10 * time.Millisecond
+)
 
 // writersGoneSQL tells whether any session that could still commit an event
 // with an id below a candidate's is left. A writer holds RowExclusiveLock on
@@ -315,7 +323,11 @@ SELECT NOT EXISTS (
 // the claims' snapshots alone cannot tell.
 func (c *Claimer) lookForWriters(ctx context.Context, now time.Time) error {
 	w := &c.low
-	if w.cand.id == 0 || w.cand.bound == 0 || w.cleared || w.lastXmin >= w.cand.bound || now.Sub(w.lookedAt) < cmp.Or(w.lookGap, lookInterval) {
+	gap := cmp.Or(w.lookGap, lookInterval)
+	if w.lastFull {
+		gap = min(gap, drainLookInterval)
+	}
+	if w.cand.id == 0 || w.cand.bound == 0 || w.cleared || w.lastXmin >= w.cand.bound || now.Sub(w.lookedAt) < gap {
 		return nil
 	}
 	w.lookedAt = now

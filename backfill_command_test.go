@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"regexp"
@@ -17,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sys/unix"
 
+	"github.com/pg2kafka/pg2kafka/internal/syncbuf"
 	"github.com/pg2kafka/pg2kafka/outbox"
 )
 
@@ -201,5 +203,35 @@ func TestProgressBar(t *testing.T) {
 	frames = strings.Split(screen.String(), "\r")
 	if last, want := frames[len(frames)-1], "orders (resumed after 6000 rows)  25% |"; !strings.HasPrefix(last, want) {
 		t.Errorf("the resumed bar shows %q, want it to start %q", last, want)
+	}
+}
+
+// A backfill logging to a file or a pipe says how far it has got every so
+// often, with its rate and what is left, then that it finished.
+func TestBackfillLogsProgressEverySoOften(t *testing.T) {
+	t.Parallel()
+	var log syncbuf.Buffer
+	l := &progressLog{logger: slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{
+		ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+			if a.Key == slog.TimeKey {
+				return slog.Attr{}
+			}
+			return a
+		},
+	})), table: "orders"} // every 0: each chunk is logged
+	l.begin(outbox.BackfillProgress{RowsTotal: 2500, ChunkSize: 1000}, 0)
+	for _, done := range []int64{1000, 2000} {
+		l.update(outbox.BackfillProgress{RowsDone: done, RowsTotal: 2500, ChunkSize: 1000})
+	}
+	finished := time.Now()
+	l.update(outbox.BackfillProgress{RowsDone: 2500, RowsTotal: 2500, ChunkSize: 1000, FinishedAt: &finished})
+	l.stop(outbox.BackfillProgress{RowsDone: 2500, RowsTotal: 2500, ChunkSize: 1000, FinishedAt: &finished})
+	want := regexp.MustCompile(`^level=INFO msg="backfill started" table=orders rows_total=2500 chunk_size=1000
+level=INFO msg=backfilling table=orders rows_done=1000 rows_total=2500 rows_per_second=[0-9]+ eta=[0-9.]+[µmn]?s
+level=INFO msg=backfilling table=orders rows_done=2000 rows_total=2500 rows_per_second=[0-9]+ eta=[0-9.]+[µmn]?s
+level=INFO msg="backfill finished" table=orders rows_done=2500 rows_total=2500 rows_per_second=[0-9]+
+$`)
+	if !want.MatchString(log.String()) {
+		t.Errorf("log:\n%s\nwant it to match:\n%s", log.String(), want)
 	}
 }

@@ -61,7 +61,7 @@ run it again to resume. Once finished, running it again starts over.`)
 	if isTerminal(env.stderr) {
 		show = newProgressBar(env.stderr, table)
 	} else {
-		show = &progressLog{logger: logger, table: table}
+		show = &progressLog{logger: logger, table: table, every: backfillLogEvery}
 	}
 	// A chunk runs to its end whatever happens to ctx: Ctrl-C stops the
 	// backfill between two chunks, never inside one.
@@ -173,6 +173,7 @@ func (b *progressBar) stop(outbox.BackfillProgress) {
 type progressLog struct {
 	logger   *slog.Logger
 	table    string
+	every    time.Duration
 	started  time.Time
 	from     int64
 	lastLog  time.Time
@@ -190,7 +191,7 @@ func (l *progressLog) begin(p outbox.BackfillProgress, from int64) {
 }
 
 func (l *progressLog) update(p outbox.BackfillProgress) {
-	if time.Since(l.lastLog) < backfillLogEvery || p.FinishedAt != nil {
+	if time.Since(l.lastLog) < l.every || p.FinishedAt != nil {
 		return
 	}
 	l.log("backfilling", p)

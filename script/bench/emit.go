@@ -14,9 +14,13 @@ const sectionEmit = "emit"
 // The emit section: what pg2kafka.emit() costs an application, one event per
 // transaction, beside the INSERT it replaces, into an outbox table of the
 // same shape (topic, key, payload, headers, time) with no function around
-// it. Its variants share the write section's clients, duration and rounds.
+// it, and beside the floor that any emit() stands on. Its variants share
+// the write section's clients, duration and rounds.
 
-// emitOutboxSQL creates the outbox table emit() is measured against.
+// emitOutboxSQL creates the outbox table emit() is measured against, and
+// the floor of any emit(): a function running as its owner, as emit() must
+// (its callers may not write the queue), that only writes the queue row,
+// with no check, no limit and no look at the tracked topics.
 const emitOutboxSQL = `
 CREATE TABLE bench_emit_outbox (
     id         bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -25,7 +29,14 @@ CREATE TABLE bench_emit_outbox (
     payload    jsonb       NOT NULL,
     headers    jsonb,
     created_at timestamptz NOT NULL DEFAULT now()
-)`
+);
+CREATE FUNCTION bench_emit_floor(topic text, key text, payload jsonb, headers jsonb) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER AS $$
+BEGIN
+    INSERT INTO pg2kafka.outbound_event_queue (external_id, table_schema, table_name, statement, data, topic, old)
+    VALUES (key, '', topic, 'EVENT', payload, topic, headers);
+END
+$$`
 
 type emitVariant struct {
 	key, label, sql string
@@ -35,7 +46,12 @@ var emitVariants = []emitVariant{
 	{"insert", "INSERT into an outbox table", `INSERT INTO bench_emit_outbox (topic, key, payload, headers) VALUES ($1, $2, $3::jsonb, $4::jsonb)`},
 	{"jsonb", "pg2kafka.emit(), jsonb payload", `SELECT pg2kafka.emit($1, $2, $3::jsonb, $4::jsonb)`},
 	{"text", "pg2kafka.emit(), text payload (kept byte for byte)", `SELECT pg2kafka.emit($1, $2, $3::text, $4::jsonb)`},
+	{"floor", "floor: a SECURITY DEFINER function that only INSERTs the queue row", `SELECT bench_emit_floor($1, $2, $3::jsonb, $4::jsonb)`},
 }
+
+// emitChecked holds the variants held to the target; the floor is there to
+// show how near to it any emit() can come.
+var emitChecked = map[string]bool{"jsonb": true, "text": true}
 
 // emitResult is the section's measurements: transactions per second of each
 // variant, the median of the rounds, and each emit() variant's ratio to the
@@ -54,8 +70,8 @@ const targetEmitVsInsert = 0.9
 // runEmit runs the variants interleaved, as the write section does.
 func (b *bench) runEmit(ctx context.Context) error {
 	cfg := b.cfg.Write
-	if _, err := b.pool.Exec(ctx, `DROP TABLE IF EXISTS bench_emit_outbox; `+emitOutboxSQL); err != nil {
-		return fmt.Errorf("create the outbox table: %w", err)
+	if _, err := b.pool.Exec(ctx, `DROP TABLE IF EXISTS bench_emit_outbox; DROP FUNCTION IF EXISTS bench_emit_floor; `+emitOutboxSQL); err != nil {
+		return fmt.Errorf("create the outbox table and the floor function: %w", err)
 	}
 	payload := fmt.Sprintf(`{"type":"OrderPaid","order":42,"customer":"customer-0001","note":%q}`, randomText(payloadLen(200)))
 	r := emitResult{
@@ -136,8 +152,12 @@ func (e *emitResult) rows() []row {
 		})
 	}
 	for _, v := range emitVariants[1:] {
-		rows = append(rows, check("emit: "+v.label+" / INSERT", fmt.Sprintf("%.2f", e.VsInsert[v.key]),
-			fmt.Sprintf("≥ %.2f", targetEmitVsInsert), e.VsInsert[v.key] >= targetEmitVsInsert))
+		measure, ratio := "emit: "+v.label+" / INSERT", fmt.Sprintf("%.2f", e.VsInsert[v.key])
+		if !emitChecked[v.key] {
+			rows = append(rows, row{Measure: measure, Value: ratio})
+			continue
+		}
+		rows = append(rows, check(measure, ratio, fmt.Sprintf("≥ %.2f", targetEmitVsInsert), e.VsInsert[v.key] >= targetEmitVsInsert))
 	}
 	return rows
 }

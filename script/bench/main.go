@@ -24,7 +24,8 @@
 //     with 100k and 1M events queued, and with none: the flowing table's
 //     commit→consumer p99 and burst drain rate;
 //  11. emit: pg2kafka.emit() per call, against a plain INSERT into an
-//     outbox table.
+//     outbox table and against the floor of any emit(), a function that
+//     only writes the queue row.
 //
 // It prints a markdown table with the targets to stdout, writes the
 // details as JSON to -report, and logs progress to stderr:

@@ -240,7 +240,7 @@ func (c Config) Validate() error {
 func (c Config) clientOpts() ([]kgo.Opt, error) {
 	opts := []kgo.Opt{
 		kgo.SeedBrokers(c.Brokers...),
-		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)),
+		kgo.RecordPartitioner(newPartitioner()),
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.ProducerBatchCompression(compressionCodecs[c.Compression]),
 		// A topic the sink looked up and found is produced to at once; one
@@ -290,6 +290,11 @@ func (c Config) clientOpts() ([]kgo.Opt, error) {
 	}
 	return opts, nil
 }
+
+// newPartitioner returns the partitioner the sink produces with: murmur2
+// of the key, as the Java client does, so that pg2kafka and Java producers
+// put a key in the same partition.
+func newPartitioner() kgo.Partitioner { return kgo.StickyKeyPartitioner(nil) }
 
 // readSettingFile reads the file a setting names; the error names both, and
 // why the file cannot be read.

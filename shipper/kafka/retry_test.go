@@ -116,3 +116,25 @@ func TestNothingOvertakesAFailedRecord(t *testing.T) {
 		})
 	}
 }
+
+// TestAcknowledgedBeforeTheDeadlineStays: when the context ends while one
+// key's records go unanswered, every record Kafka acknowledged before is
+// acknowledged by Send, however many answers are waiting to be read.
+func TestAcknowledgedBeforeTheDeadlineStays(t *testing.T) {
+	t.Parallel()
+	sink, recv := newKeyedSink(t, 2)
+	msgs := append(sinktest.Messages("deadline", 300, []byte("a"), []byte("b")), sinktest.Messages("deadline", 1, []byte("slow"))...)
+	release := recv.Stall(t, []byte("slow"))
+	defer release()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	errs := sink.Send(ctx, msgs)
+	for i, err := range errs[:300] {
+		if err != nil {
+			t.Fatalf("message %d of key %q: %v; want it acknowledged, only key slow stalled", i, msgs[i].Key, err)
+		}
+	}
+	if !errors.Is(errs[300], context.DeadlineExceeded) {
+		t.Errorf("the stalled message: %v; want the context's end", errs[300])
+	}
+}

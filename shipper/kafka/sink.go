@@ -301,6 +301,16 @@ type produced struct {
 // send, never overtake it, and the records held through an outage stay
 // bounded by one batch per worker.
 func (p *producer) produce(ctx context.Context, msgs []shipper.Message, which []int, errs []error) {
+	// A select picks among ready cases at random, so an ended ctx is
+	// looked at first: produced anyway, the records of a topic the Send
+	// could not look up, nor create, would come back unknown, and the
+	// topic be taken for missing.
+	if err := ctx.Err(); err != nil {
+		for _, i := range which {
+			errs[i] = fmt.Errorf("kafka: not sent: %w", err)
+		}
+		return
+	}
 	p.out.mu.Lock()
 	drained := p.out.drained
 	p.out.mu.Unlock()
@@ -343,15 +353,34 @@ func (p *producer) produce(ctx context.Context, msgs []shipper.Message, which []
 	case <-ctx.Done():
 	}
 	settled := make([]bool, len(msgs))
+	settle := func(r produced) {
+		settled[r.i] = true
+		errs[r.i] = nil
+		if r.err != nil {
+			errs[r.i] = explainProduceError(msgs[r.i].Topic, r.err)
+		}
+	}
 	for left := len(which); left > 0; left-- {
 		select {
 		case r := <-results:
-			settled[r.i] = true
-			errs[r.i] = nil
-			if r.err != nil {
-				errs[r.i] = explainProduceError(msgs[r.i].Topic, r.err)
-			}
+			settle(r)
 		case <-ctx.Done():
+			// The results that came while Flush waited are in, and a
+			// select picks among ready cases at random: take them all
+			// before failing the rest, or records Kafka acknowledged
+			// would fail and be sent again.
+			for drained := false; !drained && left > 0; {
+				select {
+				case r := <-results:
+					settle(r)
+					left--
+				default:
+					drained = true
+				}
+			}
+			if left == 0 {
+				return
+			}
 			for _, i := range which {
 				if !settled[i] {
 					errs[i] = fmt.Errorf("kafka: no acknowledgement in time: %w", ctx.Err())

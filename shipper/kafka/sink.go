@@ -369,13 +369,13 @@ func (p *producer) produce(ctx context.Context, msgs []shipper.Message, which []
 			// select picks among ready cases at random: take them all
 			// before failing the rest, or records Kafka acknowledged
 			// would fail and be sent again.
-			for drained := false; !drained && left > 0; {
+			for empty := false; !empty && left > 0; {
 				select {
 				case r := <-results:
 					settle(r)
 					left--
 				default:
-					drained = true
+					empty = true
 				}
 			}
 			if left == 0 {

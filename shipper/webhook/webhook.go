@@ -115,7 +115,8 @@ func New(cfg Config) (*Sink, error) {
 		},
 		slots:    make(map[string]chan struct{}),
 		endpoint: endpointOf(cfg.URL),
-		tls:      tlsCfg,
+		// A copy of its own: the transport writes to the one it has.
+		tls: tlsCfg.Clone(),
 	}, nil
 }
 

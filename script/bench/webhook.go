@@ -332,7 +332,8 @@ func (b *bench) webhookLatency(ctx context.Context, recv *hookReceiver) (*latenc
 	if err != nil {
 		return nil, err
 	}
-	_ = b.waitFor(ctx, shipper, func() (bool, error) { return recv.events.Load() >= int64(total), nil })
+	// The probe row was received too.
+	_ = b.waitFor(ctx, shipper, func() (bool, error) { return recv.events.Load() >= int64(total)+1, nil })
 	maxDepth := sampler.stop()
 	if _, err := shipper.Stop(stopTimeout); err != nil {
 		return nil, err

@@ -1,7 +1,6 @@
 package outbox_test
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"reflect"
@@ -13,6 +12,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/pg2kafka/pg2kafka/internal/pgtest"
+	"github.com/pg2kafka/pg2kafka/internal/syncbuf"
 	"github.com/pg2kafka/pg2kafka/outbox"
 )
 
@@ -22,22 +22,7 @@ func TestMain(m *testing.M) {
 
 // migrationLog records what Migrate tells its operator, without the times
 // that differ from run to run.
-type migrationLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *migrationLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *migrationLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
+type migrationLog struct{ syncbuf.Buffer }
 
 func (l *migrationLog) logger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{

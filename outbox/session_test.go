@@ -1,42 +1,21 @@
 package outbox_test
 
 import (
-	"bytes"
 	"fmt"
 	"log/slog"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/pg2kafka/pg2kafka/internal/syncbuf"
 	"github.com/pg2kafka/pg2kafka/outbox"
 )
 
 // takeover is the lane takeover timeout of these tests' claimers.
 const takeover = 2 * time.Second
 
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// boundedClaimer returns a claimer whose lanes are taken over after
-// takeover; pg13 has it treat the server as Postgres 13, which has no
-// idle_session_timeout.
-func (b *bundle) boundedClaimer(t *testing.T, logs *lockedBuffer, pg13 bool) *outbox.Claimer {
+func (b *bundle) boundedClaimer(t *testing.T, logs *syncbuf.Buffer, pg13 bool) *outbox.Claimer {
 	t.Helper()
 	logger := slog.New(slog.DiscardHandler)
 	if logs != nil {
@@ -74,7 +53,7 @@ func TestSilentClaimerLosesItsLanes(t *testing.T) {
 				`SELECT pg2kafka.setup('items', 'id')`,
 				`INSERT INTO items SELECT generate_series(1, 10)`,
 			)
-			var logs lockedBuffer
+			var logs syncbuf.Buffer
 			owner, heir := b.boundedClaimer(t, &logs, tt.pg13), b.boundedClaimer(t, nil, tt.pg13)
 			rebalance(t, owner)
 			var batch *outbox.Batch
@@ -144,7 +123,7 @@ func testClaimerKeptAliveKeepsItsLanes(t *testing.T, pg13 bool) {
 		`SELECT pg2kafka.setup('items', 'id')`,
 		`INSERT INTO items SELECT generate_series(1, 10)`,
 	)
-	var logs lockedBuffer
+	var logs syncbuf.Buffer
 	c := b.boundedClaimer(t, &logs, pg13)
 	rebalance(t, c)
 	lanes := c.Lanes()

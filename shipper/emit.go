@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"unicode/utf16"
-	"unicode/utf8"
 
 	"github.com/pg2kafka/pg2kafka/outbox"
 )
@@ -86,85 +84,12 @@ func emittedHeaders(object []byte) ([]Header, error) {
 	return out, nil
 }
 
-// appendUnquoted appends the text of the JSON string s. It is the inverse of
-// jsonb's printing of a string, which escapes '"', '\\' and the control
-// characters only; it takes every escape JSON allows.
+// appendUnquoted appends the text of the JSON string s, and reports false
+// if s is not one.
 func appendUnquoted(dst, s []byte) ([]byte, bool) {
-	if len(s) < 2 || s[0] != '"' || s[len(s)-1] != '"' {
+	var text string
+	if len(s) == 0 || s[0] != '"' || json.Unmarshal(s, &text) != nil {
 		return dst, false
 	}
-	s = s[1 : len(s)-1]
-	for len(s) > 0 {
-		i := bytes.IndexAny(s, "\\\"")
-		if i < 0 {
-			return append(dst, s...), true
-		}
-		dst = append(dst, s[:i]...)
-		s = s[i:]
-		if s[0] == '"' || len(s) < 2 {
-			return dst, false // an unescaped quote, or a lone backslash at the end
-		}
-		c := s[1]
-		s = s[2:]
-		switch c {
-		case '"', '\\', '/':
-			dst = append(dst, c)
-		case 'b':
-			dst = append(dst, '\b')
-		case 'f':
-			dst = append(dst, '\f')
-		case 'n':
-			dst = append(dst, '\n')
-		case 'r':
-			dst = append(dst, '\r')
-		case 't':
-			dst = append(dst, '\t')
-		case 'u':
-			r, ok := hex4(s)
-			if !ok {
-				return dst, false
-			}
-			s = s[4:]
-			if utf16.IsSurrogate(r) {
-				// The second half must follow as \uXXXX; alone, a half is
-				// no character, and becomes U+FFFD as in encoding/json.
-				if r2, ok := hex4(s[min(2, len(s)):]); ok && len(s) >= 6 && s[0] == '\\' && s[1] == 'u' {
-					if pair := utf16.DecodeRune(r, r2); pair != utf8.RuneError {
-						r = pair
-						s = s[6:]
-					} else {
-						r = utf8.RuneError
-					}
-				} else {
-					r = utf8.RuneError
-				}
-			}
-			dst = utf8.AppendRune(dst, r)
-		default:
-			return dst, false
-		}
-	}
-	return dst, true
-}
-
-// hex4 reads the four hex digits of a \u escape.
-func hex4(s []byte) (rune, bool) {
-	if len(s) < 4 {
-		return 0, false
-	}
-	var r rune
-	for _, c := range s[:4] {
-		switch {
-		case c >= '0' && c <= '9':
-			c -= '0'
-		case c >= 'a' && c <= 'f':
-			c -= 'a' - 10
-		case c >= 'A' && c <= 'F':
-			c -= 'A' - 10
-		default:
-			return 0, false
-		}
-		r = r<<4 | rune(c)
-	}
-	return r, true
+	return append(dst, text...), true
 }

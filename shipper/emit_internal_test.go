@@ -2,9 +2,7 @@ package shipper
 
 import (
 	"bytes"
-	"encoding/json"
 	"testing"
-	"unicode/utf8"
 )
 
 func TestAppendUnquoted(t *testing.T) {
@@ -29,30 +27,6 @@ func TestAppendUnquoted(t *testing.T) {
 			t.Errorf("appendUnquoted(%s) = %q, %v; want %q, %v", tt.in, got, ok, "prefix "+tt.want, tt.ok)
 		}
 	}
-}
-
-// FuzzAppendUnquoted checks that unquoting gives back any text quoted as
-// encoding/json quotes it (which escapes more than jsonb: <, >, &, U+2028),
-// and agrees with encoding/json on any JSON string it accepts.
-func FuzzAppendUnquoted(f *testing.F) {
-	for _, s := range []string{`{"a":1}`, "tab\tnewline\n\x00", `"\ud83d\ude00"`, `\u00e9 <&>`} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, in string) {
-		if utf8.ValidString(in) {
-			quoted, _ := json.Marshal(in)
-			if got, ok := appendUnquoted(nil, quoted); !ok || string(got) != in {
-				t.Fatalf("appendUnquoted(%s) = %q, %v; want %q", quoted, got, ok, in)
-			}
-		}
-		var want string
-		if !utf8.ValidString(in) || json.Unmarshal([]byte(in), &want) != nil || len(in) == 0 || in[0] != '"' {
-			return
-		}
-		if got, ok := appendUnquoted(nil, bytes.TrimSpace([]byte(in))); !ok || string(got) != want {
-			t.Fatalf("appendUnquoted(%s) = %q, %v; encoding/json says %q", in, got, ok, want)
-		}
-	})
 }
 
 func TestEmittedHeaders(t *testing.T) {

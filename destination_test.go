@@ -1,16 +1,21 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/pg2kafka/pg2kafka/outbox"
 	"github.com/pg2kafka/pg2kafka/shipper/webhook"
@@ -188,5 +193,84 @@ func TestShipsToAWebhook(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), "destination=webhook") || !strings.Contains(stderr.String(), "webhook_url="+srv.URL+"/hooks/{table}") || strings.Contains(stderr.String(), "s3cret") {
 		t.Errorf("log does not say where events go, or shows the secret:\n%s", stderr)
+	}
+}
+
+// pg2kafka with RABBITMQ_URL in place of KAFKA_PRODUCER_URL, as the README
+// shows, creates its exchange and publishes each event to it with the
+// routing key schema.table, in order.
+func TestShipsToRabbitMQ(t *testing.T) {
+	t.Parallel()
+	pool, url := migratedDatabase(t)
+	mustExec(t, pool,
+		`CREATE TABLE products (sku text PRIMARY KEY, name text)`,
+		`INSERT INTO products VALUES ('CM01-R', 'Red Mug')`,
+		`SELECT pg2kafka.setup('products', 'sku')`,
+		`UPDATE products SET name = 'Big Red Coffee Mug'`,
+		`DELETE FROM products`,
+	)
+	brokerURL := cmp.Or(os.Getenv("PG2KAFKA_TEST_RABBITMQ_URL"), "amqp://guest:guest@127.0.0.1:5672/")
+	conn, err := amqp.Dial(brokerURL)
+	if err != nil {
+		t.Fatalf("RabbitMQ at %s: %v (script/test starts it)", brokerURL, err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	exchange := "pg2kafka-test-" + strings.ReplaceAll(t.Name(), "/", "-") + "-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	// The exchange as RABBITMQ_CREATE_EXCHANGE declares it, so that a queue
+	// can be bound before pg2kafka starts.
+	if err := ch.ExchangeDeclare(exchange, "topic", true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ch.ExchangeDelete(exchange, false, false) })
+	q, err := ch.QueueDeclare("", false, true, true, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.QueueBind(q.Name, "public.products", exchange, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	deliveries, err := ch.Consume(q.Name, "", true, true, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stderr := &syncBuffer{}
+	env := map[string]string{"DATABASE_URL": url, "RABBITMQ_URL": brokerURL, "RABBITMQ_EXCHANGE": exchange,
+		"RABBITMQ_CREATE_EXCHANGE": "true", "POLL_INTERVAL": "10ms"}
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, nil, func(k string) string { return env[k] }, io.Discard, stderr) }()
+
+	var statements []string
+	for len(statements) < 3 {
+		select {
+		case d := <-deliveries:
+			var e map[string]any
+			if err := json.Unmarshal(d.Body, &e); err != nil {
+				t.Fatalf("body %s: %v", d.Body, err)
+			}
+			if d.RoutingKey != "public.products" || d.ContentType != "application/json" || e["external_id"] != "CM01-R" {
+				t.Errorf("message with routing key %q, content type %q: %v", d.RoutingKey, d.ContentType, e)
+			}
+			statements = append(statements, e["statement"].(string))
+		case <-time.After(20 * time.Second):
+			t.Fatalf("received %v within 20s; want 3 messages\n%s", statements, stderr)
+		}
+	}
+	if got := strings.Join(statements, ","); got != "SNAPSHOT,UPDATE,DELETE" {
+		t.Errorf("statements in order received: %s; want SNAPSHOT,UPDATE,DELETE", got)
+	}
+	waitFor(t, "the queue to drain", func() bool { return queueLength(t, pool) == 0 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	if !strings.Contains(stderr.String(), "destination=rabbitmq") || !strings.Contains(stderr.String(), `msg="connected to RabbitMQ"`) || strings.Contains(stderr.String(), "guest:guest") {
+		t.Errorf("log does not say where events go, or shows the password:\n%s", stderr)
 	}
 }

@@ -42,6 +42,42 @@ type Queue struct {
 	noIdleSessionTimeout sync.Once
 	// destination is the kind of destination the claimers register.
 	destination string
+	// openClaims holds the transaction id of each of this process's claims
+	// still open: they hold every claim's snapshot xmin back, but they only
+	// delete, so a claimer of the same process may look past them when it
+	// asks whether a candidate's writers have ended (lowwater.go).
+	openClaimsMu sync.Mutex
+	openClaims   map[*Claimer]int64
+}
+
+// claimOpened notes the transaction id of c's open claim.
+func (q *Queue) claimOpened(c *Claimer, xid int64) {
+	q.openClaimsMu.Lock()
+	defer q.openClaimsMu.Unlock()
+	if q.openClaims == nil {
+		q.openClaims = make(map[*Claimer]int64)
+	}
+	q.openClaims[c] = xid
+}
+
+// claimSettled forgets c's claim once it has ended.
+func (q *Queue) claimSettled(c *Claimer) {
+	q.openClaimsMu.Lock()
+	defer q.openClaimsMu.Unlock()
+	delete(q.openClaims, c)
+}
+
+// otherClaims appends to dst the transaction ids of the claims open beside
+// c's.
+func (q *Queue) otherClaims(c *Claimer, dst []int64) []int64 {
+	q.openClaimsMu.Lock()
+	defer q.openClaimsMu.Unlock()
+	for other, xid := range q.openClaims {
+		if other != c {
+			dst = append(dst, xid)
+		}
+	}
+	return dst
 }
 
 // NewQueue returns the queue of the database pool is connected to.
@@ -67,6 +103,9 @@ type Claimer struct {
 	uuids       eventUUIDs
 	scratch     scanScratch
 	low         lowWater
+	// siblings is reused for the transaction ids of the process's other
+	// open claims.
+	siblings []int64
 }
 
 // NewClaimer returns a claimer for q; it connects on first use. Its lanes
@@ -237,10 +276,15 @@ func (c *Claimer) Rebalance(ctx context.Context) (balanced bool, err error) {
 // once more to be shipped, not twice (lock, then delete). SKIP LOCKED keeps a
 // claim from waiting on rows another session has locked. Every row, and the
 // one row of an empty claim, carries the xmin and xmax of the snapshot the
-// claim read with, which move the low-water id (lowwater.go).
+// claim read with, which move the low-water id (lowwater.go); the xmin
+// leaves out the transactions in $6, this process's other open claims. The
+// rows of events carry the claim's own transaction id, which the DELETE
+// took before it returned them.
 const claimSQL = `
 WITH snap AS MATERIALIZED (
-    SELECT pg_snapshot_xmin(s)::text::int8 AS xmin, pg_snapshot_xmax(s)::text::int8 AS xmax
+    SELECT coalesce((SELECT min(x::text::int8) FROM pg_snapshot_xip(s) AS x WHERE x::text::int8 <> ALL(coalesce($6::int8[], '{}'))),
+                    pg_snapshot_xmax(s)::text::int8) AS xmin,
+           pg_snapshot_xmax(s)::text::int8 AS xmax
     FROM pg_current_snapshot() AS s
 ), claimed AS (
     SELECT id FROM pg2kafka.outbound_event_queue
@@ -256,7 +300,8 @@ WITH snap AS MATERIALIZED (
     WHERE q.id = claimed.id
     RETURNING q.id, q.uuid, q.external_id, q.table_schema, q.table_name, q.statement, q.data, q.created_at, q.old, q.topic
 )
-SELECT snap.xmin, snap.xmax, d.* FROM snap LEFT JOIN deleted AS d ON true`
+SELECT snap.xmin, snap.xmax, CASE WHEN d.id IS NOT NULL THEN pg_current_xact_id_if_assigned()::text::int8 END, d.*
+FROM snap LEFT JOIN deleted AS d ON true`
 
 // scanEvent scans a row of claimSQL's result, in its order, and gives an
 // event queued without a uuid its derived one; it reports false for the row
@@ -266,7 +311,7 @@ SELECT snap.xmin, snap.xmax, d.* FROM snap LEFT JOIN deleted AS d ON true`
 // reused targets because allocating them cost another tenth.
 func (c *Claimer) scanEvent(row pgx.Rows) (Event, bool, error) {
 	t := c.scratch.scanTargets()
-	if row.RawValues()[2] == nil {
+	if row.RawValues()[3] == nil {
 		return Event{}, false, row.Scan(append([]any{&t.xmin, &t.xmax}, make([]any, len(t.dests)-2)...)...)
 	}
 	if err := row.Scan(t.dests...); err != nil {
@@ -294,8 +339,9 @@ type Batch struct {
 	conn   *pgx.Conn
 	// low is where what the batch taught is learnt, once it is settled;
 	// nil after that.
-	low  *lowWater
-	scan scan
+	low     *lowWater
+	scan    scan
+	claimer *Claimer
 }
 
 // Claim takes up to limit of the oldest events of the claimer's lanes,
@@ -325,7 +371,8 @@ func (c *Claimer) Claim(ctx context.Context, limit int, except []Table) (*Batch,
 	if err != nil {
 		return nil, fmt.Errorf("outbox: claim: %w", err)
 	}
-	rows, err := tx.Query(qctx, claimSQL, limit, lanes, schemas, names, from)
+	c.siblings = c.queue.otherClaims(c, c.siblings[:0])
+	rows, err := tx.Query(qctx, claimSQL, limit, lanes, schemas, names, from, c.siblings)
 	events := c.scratch.events[:0]
 	if err == nil {
 		for err == nil && rows.Next() {
@@ -353,8 +400,11 @@ func (c *Claimer) Claim(ctx context.Context, limit int, except []Table) (*Batch,
 		last = events[len(events)-1].ID
 	}
 	t := c.scratch.scanTargets()
+	if len(events) > 0 {
+		c.queue.claimOpened(c, t.xid)
+	}
 	s := c.low.claimed(except, t.xmin, t.xmax, len(events), last, len(events) >= limit, time.Now())
-	return &Batch{Events: events, tx: tx, conn: c.conn, low: &c.low, scan: s}, nil
+	return &Batch{Events: events, tx: tx, conn: c.conn, low: &c.low, scan: s, claimer: c}, nil
 }
 
 // claimArgs returns claimSQL's lanes and skipped tables.
@@ -426,6 +476,7 @@ func (b *Batch) settle(acknowledged []int64, deadLetters []DeadLetter, ok bool) 
 	}
 	low := b.low
 	b.low = nil
+	b.claimer.queue.claimSettled(b.claimer)
 	if len(acknowledged)+len(deadLetters) == len(b.Events) {
 		low.settled(b.scan, b.Events, func(int) bool { return false }, ok)
 		return

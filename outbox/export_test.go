@@ -43,7 +43,7 @@ func (c *Claimer) ExplainClaim(ctx context.Context, limit int, except []Table, f
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
 	var out []byte
-	if err := tx.QueryRow(ctx, `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) `+claimSQL, limit, lanes, schemas, names, from).Scan(&out); err != nil {
+	if err := tx.QueryRow(ctx, `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) `+claimSQL, limit, lanes, schemas, names, from, []int64(nil)).Scan(&out); err != nil {
 		return 0, fmt.Errorf("explain the claim: %w", err)
 	}
 	var plans []struct {
@@ -61,3 +61,7 @@ func (c *Claimer) ExplainClaim(ctx context.Context, limit int, except []Table, f
 // WithoutIdleSessionTimeout makes c treat its server as one without
 // idle_session_timeout, as Postgres 13 is.
 func WithoutIdleSessionTimeout(c *Claimer) { c.bounds.withoutIdleSessionTimeout = true }
+
+// WithoutLooks keeps c from looking for the queue's writers in pg_locks,
+// so that only its claims' snapshots clear its candidates.
+func WithoutLooks(c *Claimer) { c.low.noLook = true }

@@ -44,6 +44,14 @@ import (
 // whose claims find nothing, after a restart or while other claimers' lanes
 // are busy, asks the id sequence instead (probe).
 //
+// The other claims of the same process are always among the transactions
+// running while a queue drains, and each holds every claim's xmin back while
+// its batch is sent; but a claim only deletes events of its own lanes, never
+// writes one, so the xmin a claim reports leaves them out (claimSQL), and
+// a candidate clears as soon as the writers proper have ended. A process
+// knows its own claims' transaction ids exactly, from the claims themselves;
+// the claims of other shippers are left to lookForWriters.
+//
 // Only a writer holding a transaction id holds pg_snapshot_xmin back, never
 // a read-only snapshot (pg_dump, reports, hot_standby_feedback): those pin
 // vacuum's horizon but not the low-water id, which is the point. A writer
@@ -88,6 +96,7 @@ type lowWater struct {
 	probeGap  time.Duration // probeInterval unless a test says otherwise
 	lookGap   time.Duration // lookInterval unless a test says otherwise
 	noProbe   bool          // the probe is not allowed (an old grant); claims still advance
+	noLook    bool          // a test's: only the claims' snapshots clear candidates
 	// resetAt is when the next safety-net reset is due; resetCost times the
 	// first claim after a reset, which sets how long until the next.
 	resetAt   time.Time
@@ -123,7 +132,7 @@ type scan struct {
 // skipped tables get low-water ids of their own.
 func (w *lowWater) begin(conn *pgx.Conn, except []Table, now time.Time) {
 	if w.conn != conn {
-		*w = lowWater{conn: conn, probeGap: w.probeGap, lookGap: w.lookGap, resetAt: now.Add(minResetInterval), fresh: true}
+		*w = lowWater{conn: conn, probeGap: w.probeGap, lookGap: w.lookGap, noLook: w.noLook, resetAt: now.Add(minResetInterval), fresh: true}
 	}
 	if now.After(w.resetAt) {
 		w.reset()
@@ -327,7 +336,7 @@ func (c *Claimer) lookForWriters(ctx context.Context, now time.Time) error {
 	if w.lastFull {
 		gap = min(gap, drainLookInterval)
 	}
-	if w.cand.id == 0 || w.cand.bound == 0 || w.cleared || w.lastXmin >= w.cand.bound || now.Sub(w.lookedAt) < gap {
+	if w.noLook || w.cand.id == 0 || w.cand.bound == 0 || w.cleared || w.lastXmin >= w.cand.bound || now.Sub(w.lookedAt) < gap {
 		return nil
 	}
 	w.lookedAt = now

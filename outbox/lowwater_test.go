@@ -1,7 +1,9 @@
 package outbox_test
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
 	"slices"
 	"testing"
 	"time"
@@ -358,5 +360,71 @@ func TestGainedLanesAreClaimedFromTheHead(t *testing.T) {
 	sa.drain(t, 1000)
 	if got := ids(sa.shipped); !slices.Equal(got, waiting) {
 		t.Fatalf("after taking the lanes claimed %d events %v…, want the %d waiting %v…", len(got), head(got), len(waiting), head(waiting))
+	}
+}
+
+// A shipper's workers' claims are open transactions beside each other's
+// snapshots while a queue drains. They only delete, so one worker's open
+// claim must not hold back another's low-water id: that worker would walk
+// everything shipped since, on every claim, while a snapshot is held.
+func TestAnOpenClaimOfTheSameShipperDoesNotHoldItsSiblingsBack(t *testing.T) {
+	t.Parallel()
+	b := setup(t,
+		`CREATE TABLE items (id int PRIMARY KEY, n int)`,
+		`SELECT pg2kafka.setup('items', 'id')`,
+	)
+	b.planAsALargeQueue(t)
+	b.holdSnapshot(t)
+	queue := outbox.NewQueue(b.pool)
+	var claimers []*outbox.Claimer
+	for range 2 {
+		// Open for the whole test, the holding claim must outlast the
+		// default bound on a claim left idle.
+		c := queue.NewClaimer(slog.New(slog.DiscardHandler), time.Minute)
+		t.Cleanup(func() { c.Close(context.Background()) })
+		// Only the claims may move the low-water ids, not a look for the
+		// writers in pg_locks.
+		c.SetProbeInterval(time.Millisecond)
+		outbox.WithoutLooks(c)
+		claimers = append(claimers, c)
+	}
+	converge(t, claimers...)
+	flowing, holding := &shipper{c: claimers[0]}, claimers[1]
+
+	const rounds, perRound = 20, 1000
+	b.exec(t, fmt.Sprintf(`INSERT INTO items SELECT i, 0 FROM generate_series(1, %d) i`, perRound))
+	open, err := holding.Claim(t.Context(), 100, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(open.Events) == 0 {
+		t.Fatal("the holding claimer claimed nothing")
+	}
+	held := ids(open.Events)
+	for round := 1; round < rounds; round++ {
+		b.exec(t, fmt.Sprintf(`INSERT INTO items SELECT i, 0 FROM generate_series(%d, %d) i`, round*perRound+1, (round+1)*perRound))
+		flowing.drain(t, 100)
+	}
+	flowing.settle(t, boundedClaimBuffers)
+	if head := explain(t, flowing.c, 1000, nil, true); head < 10*boundedClaimBuffers {
+		t.Fatalf("a claim from the head of the queue costs only %d buffers; the snapshot does not keep the shipped rows", head)
+	}
+
+	if err := open.Complete(t.Context(), held); err != nil {
+		t.Fatal(err)
+	}
+	rest := &shipper{c: holding}
+	rest.drain(t, 1000)
+	var all []int64
+	for _, s := range []*shipper{flowing, rest} {
+		all = append(all, ids(s.shipped)...)
+	}
+	all = append(all, held...)
+	slices.Sort(all)
+	if want := rounds * perRound; len(all) != want || len(slices.Compact(slices.Clone(all))) != want {
+		t.Fatalf("shipped %d events (%d distinct), want %d", len(all), len(slices.Compact(slices.Clone(all))), want)
+	}
+	if n := b.count(t, `SELECT count(*) FROM pg2kafka.outbound_event_queue`); n != 0 {
+		t.Fatalf("%d events left in the queue", n)
 	}
 }

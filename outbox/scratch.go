@@ -27,6 +27,7 @@ type scanScratch struct {
 type scanTargets struct {
 	event                          Event
 	xmin, xmax                     int64
+	xid                            int64 // the claim's transaction id
 	uuid                           pgtype.UUID
 	schema, table, statement, data pgtype.DriverBytes
 	dests                          []any
@@ -36,7 +37,7 @@ func (s *scanScratch) scanTargets() *scanTargets {
 	if s.targets == nil {
 		t := &scanTargets{}
 		e := &t.event
-		t.dests = []any{&t.xmin, &t.xmax, &e.ID, &t.uuid, &e.ExternalID, &t.schema, &t.table, &t.statement, &t.data, &e.CreatedAt, &e.Old, &e.Topic}
+		t.dests = []any{&t.xmin, &t.xmax, &t.xid, &e.ID, &t.uuid, &e.ExternalID, &t.schema, &t.table, &t.statement, &t.data, &e.CreatedAt, &e.Old, &e.Topic}
 		s.targets = t
 	}
 	return s.targets

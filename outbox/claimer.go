@@ -274,7 +274,10 @@ func (c *Claimer) Rebalance(ctx context.Context) (balanced bool, err error) {
 // claim itself: the delete is undone by a rollback if the destination does
 // not acknowledge them, and committed if it does, so each event is written
 // once more to be shipped, not twice (lock, then delete). SKIP LOCKED keeps a
-// claim from waiting on rows another session has locked. Every row, and the
+// claim from waiting on rows another session has locked. The DELETE finds
+// its rows by id from the claimed ones, whatever the planner thinks of the
+// queue's size (a join could walk the whole queue, see sessionBounds'
+// enable_seqscan). Every row, and the
 // one row of an empty claim, carries the xmin and xmax of the snapshot the
 // claim read with, which move the low-water id (lowwater.go); the xmin
 // leaves out the transactions in $6, this process's other open claims. The
@@ -296,8 +299,7 @@ WITH snap AS MATERIALIZED (
     FOR UPDATE SKIP LOCKED
 ), deleted AS (
     DELETE FROM pg2kafka.outbound_event_queue AS q
-    USING claimed
-    WHERE q.id = claimed.id
+    WHERE q.id = ANY (ARRAY(SELECT id FROM claimed))
     RETURNING q.id, q.uuid, q.external_id, q.table_schema, q.table_name, q.statement, q.data, q.created_at, q.old, q.topic
 )
 SELECT snap.xmin, snap.xmax, CASE WHEN d.id IS NOT NULL THEN pg_current_xact_id_if_assigned()::text::int8 END, d.*

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -46,6 +47,12 @@ func (c *Claimer) ExplainClaim(ctx context.Context, limit int, except []Table, f
 	if err := tx.QueryRow(ctx, `EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) `+claimSQL, limit, lanes, schemas, names, from, []int64(nil)).Scan(&out); err != nil {
 		return 0, fmt.Errorf("explain the claim: %w", err)
 	}
+	return planBuffers(out)
+}
+
+// planBuffers returns the shared buffers an EXPLAIN (ANALYZE, BUFFERS,
+// FORMAT JSON) says its statement touched.
+func planBuffers(out []byte) (int64, error) {
 	var plans []struct {
 		Plan struct {
 			Hit  int64 `json:"Shared Hit Blocks"`
@@ -65,3 +72,31 @@ func WithoutIdleSessionTimeout(c *Claimer) { c.bounds.withoutIdleSessionTimeout 
 // WithoutLooks keeps c from looking for the queue's writers in pg_locks,
 // so that only its claims' snapshots clear its candidates.
 func WithoutLooks(c *Claimer) { c.low.noLook = true }
+
+// ExplainPreparedClaim runs the claim statement the claimer has prepared,
+// with the plan it keeps for it, as Claim(limit, nil) would run it now,
+// under EXPLAIN (ANALYZE, BUFFERS) in a transaction it rolls back, and
+// returns the shared buffers it touched.
+func (c *Claimer) ExplainPreparedClaim(ctx context.Context, limit int) (int64, error) {
+	var name string
+	if err := c.conn.QueryRow(ctx, `SELECT name FROM pg_prepared_statements WHERE statement = $1`, claimSQL).Scan(&name); err != nil {
+		return 0, fmt.Errorf("find the prepared claim: %w", err)
+	}
+	// EXECUTE takes its arguments as literals, not as parameters.
+	lanes := "NULL"
+	if l, _, _ := c.claimArgs(nil); l != nil {
+		lanes = strings.ReplaceAll(fmt.Sprintf("'{%v}'", l), " ", ",")
+		lanes = strings.NewReplacer("{[", "{", "]}", "}").Replace(lanes)
+	}
+	tx, err := c.conn.Begin(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	var out []byte
+	sql := fmt.Sprintf(`EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE %q(%d, %s, NULL, NULL, %d, NULL)`, name, limit, lanes, c.low.from(nil))
+	if err := tx.QueryRow(ctx, sql).Scan(&out); err != nil {
+		return 0, fmt.Errorf("explain the prepared claim: %w", err)
+	}
+	return planBuffers(out)
+}

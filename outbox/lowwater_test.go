@@ -428,3 +428,41 @@ func TestAnOpenClaimOfTheSameShipperDoesNotHoldItsSiblingsBack(t *testing.T) {
 		t.Fatalf("%d events left in the queue", n)
 	}
 }
+
+// A shipper idles on an empty queue for hours, then a bulk load queues a
+// backlog. Its claim's prepared statement has long kept a generic plan,
+// made while the queue was empty; that plan must still walk the id index
+// from the low-water id, not read the whole queue and sort it on every
+// claim of the drain.
+func TestAClaimPlannedOnAnEmptyQueueStillWalksTheIndexOnceItFills(t *testing.T) {
+	t.Parallel()
+	b := setup(t,
+		`CREATE TABLE items (id int PRIMARY KEY, v text)`,
+		`SELECT pg2kafka.setup('items', 'id')`,
+		`ANALYZE pg2kafka.outbound_event_queue`,
+	)
+	c := b.claimer(t)
+	rebalance(t, c)
+	s := &shipper{c: c}
+	for range 10 { // past the five runs after which Postgres may keep a generic plan
+		s.drain(t, 10)
+	}
+	const backlog = 50_000
+	b.exec(t, fmt.Sprintf(`INSERT INTO items SELECT i, repeat('x', 150) FROM generate_series(1, %d) i`, backlog))
+	var pages int64
+	if err := b.pool.QueryRow(t.Context(), `SELECT pg_relation_size('pg2kafka.outbound_event_queue') / current_setting('block_size')::int`).Scan(&pages); err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.ExplainPreparedClaim(t.Context(), 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("a claim of 10 from a queue of %d pages touches %d buffers", pages, got)
+	if got > pages/10 {
+		t.Fatalf("a claim of 10 events touches %d buffers of a queue of %d pages: its kept plan reads the whole queue", got, pages)
+	}
+	s.drain(t, 1000)
+	if len(s.shipped) != backlog {
+		t.Fatalf("shipped %d events, want %d", len(s.shipped), backlog)
+	}
+}

@@ -274,10 +274,10 @@ func (c *Claimer) Rebalance(ctx context.Context) (balanced bool, err error) {
 // claim itself: the delete is undone by a rollback if the destination does
 // not acknowledge them, and committed if it does, so each event is written
 // once more to be shipped, not twice (lock, then delete). SKIP LOCKED keeps a
-// claim from waiting on rows another session has locked. The DELETE finds
-// its rows by id from the claimed ones, whatever the planner thinks of the
-// queue's size (a join could walk the whole queue, see sessionBounds'
-// enable_seqscan). Every row, and the
+// claim from waiting on rows another session has locked. It runs in a
+// claimTx, and its DELETE finds its rows by id from the claimed ones, so
+// that whatever the planner thinks of the queue's size the claim walks the
+// id index from the low-water id and no further. Every row, and the
 // one row of an empty claim, carries the xmin and xmax of the snapshot the
 // claim read with, which move the low-water id (lowwater.go); the xmin
 // leaves out the transactions in $6, this process's other open claims. The
@@ -304,6 +304,16 @@ WITH snap AS MATERIALIZED (
 )
 SELECT snap.xmin, snap.xmax, CASE WHEN d.id IS NOT NULL THEN pg_current_xact_id_if_assigned()::text::int8 END, d.*
 FROM snap LEFT JOIN deleted AS d ON true`
+
+// claimTx begins a claim's transaction, in the same round trip, with
+// sequential scans left out of its plans. The claim's prepared statement
+// keeps a generic plan after five runs, and one made while the queue was
+// empty, as when a shipper idles, scanned the whole table and sorted it;
+// kept once a bulk load had queued thousands of events, it read the whole
+// queue again on every claim of their drain. Only within the claim's
+// transaction: a plan that cannot do without a sequential scan costs so
+// much with them off that Postgres compiles it (JIT), every time.
+var claimTx = pgx.TxOptions{BeginQuery: "BEGIN; SET LOCAL enable_seqscan = off"}
 
 // scanEvent scans a row of claimSQL's result, in its order, and gives an
 // event queued without a uuid its derived one; it reports false for the row
@@ -369,7 +379,7 @@ func (c *Claimer) Claim(ctx context.Context, limit int, except []Table) (*Batch,
 	lanes, schemas, names := c.claimArgs(except)
 	qctx, cancel := c.roundTrip(ctx)
 	defer cancel()
-	tx, err := c.conn.Begin(qctx)
+	tx, err := c.conn.BeginTx(qctx, claimTx)
 	if err != nil {
 		return nil, fmt.Errorf("outbox: claim: %w", err)
 	}

@@ -55,13 +55,7 @@ func newSessionBounds(takeover time.Duration) sessionBounds {
 //     has anything to say: a partition, a dead host (these two are what
 //     Postgres 13 has for a session that is merely silent);
 //
-// and two that are not bounds. enable_seqscan off: a claim must walk the id
-// index from its low-water id, however small the queue looked when its plan
-// was made. Its prepared statement keeps a generic plan after five runs,
-// and one made while the queue was empty, as when a shipper idles, was a
-// scan of the whole table and a sort, kept when a bulk load then queued
-// thousands of events: every claim of the drain read the whole queue again.
-// synchronous_commit off, so that committing a
+// and one that is not a bound: synchronous_commit off, so that committing a
 // batch's delete does not wait for its WAL to reach the disk, which was
 // the largest part of an event's latency on a busy server. What only
 // deletes acknowledged events, or moves refused ones to the dead-letter
@@ -81,7 +75,6 @@ func (b sessionBounds) settings() (names, values []string) {
 	add("tcp_keepalives_idle", seconds(b.idle/2))
 	add("tcp_keepalives_interval", seconds(b.idle/6))
 	add("tcp_keepalives_count", "3")
-	add("enable_seqscan", "off")
 	add("synchronous_commit", "off")
 	return names, values
 }

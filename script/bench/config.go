@@ -109,8 +109,11 @@ type pinnedConfig struct {
 }
 
 type isolationConfig struct {
-	Backlogs []int `json:"paused_backlogs"`
-	Drain    int   `json:"drain_events"`
+	Backlogs []int        `json:"paused_backlogs"`
+	Drain    int          `json:"drain_events"`
+	Bursts   int          `json:"bursts_per_run"`
+	Rounds   int          `json:"rounds"`
+	Duration jsonDuration `json:"latency_duration"`
 }
 
 type pausedConfig struct {
@@ -132,7 +135,7 @@ func (d jsonDuration) MarshalText() ([]byte, error) { return []byte(time.Duratio
 func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	cfg := &config{args: args}
 	var only, batchSizes, eventSizes, codecs string
-	var timeout, latencyDuration, writeDuration, webhookLatency, idleWindow time.Duration
+	var timeout, latencyDuration, writeDuration, webhookLatency, idleWindow, isolationDuration time.Duration
 
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -187,7 +190,10 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 		}
 		return nil
 	})
-	fs.IntVar(&cfg.Isolation.Drain, "isolation-drain", 100_000, "events of the flowing table the isolation section drains in a burst after its latency run")
+	fs.IntVar(&cfg.Isolation.Drain, "isolation-drain", 100_000, "events of the flowing table in each burst the isolation section drains after a run's latency measurement")
+	fs.IntVar(&cfg.Isolation.Bursts, "isolation-bursts", 3, "bursts each isolation run drains, one after another; the run's drain rate is their median")
+	fs.IntVar(&cfg.Isolation.Rounds, "isolation-rounds", 2, "rounds of the isolation runs, interleaved (none queued, then each backlog), closed by one more run with none queued; the medians are reported")
+	fs.DurationVar(&isolationDuration, "isolation-duration", 15*time.Second, "length of each isolation run's latency measurement, at -latency-rate")
 	fs.IntVar(&cfg.Paused.Flowing, "paused-flowing", 200_000, "events of the flowing table the paused section drains past them")
 	fs.StringVar(&codecs, "compression-codecs", "none,snappy,lz4,zstd", "codecs to drain with, each a full drain of -events, if pg2kafka has a compression setting")
 	fs.IntVar(&cfg.Webhook.Events, "webhook-events", 100_000, "events queued for each of the webhook section's drains (batch 1 and batch 100)")
@@ -205,7 +211,7 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	fs.Visit(func(f *flag.Flag) { cfg.flagsSet[f.Name] = true })
 
 	if cfg.Quick {
-		cfg.quicken(&timeout, &latencyDuration, &writeDuration, &webhookLatency, &idleWindow)
+		cfg.quicken(&timeout, &latencyDuration, &writeDuration, &webhookLatency, &idleWindow, &isolationDuration)
 	}
 	if cfg.Isolation.Backlogs == nil {
 		cfg.Isolation.Backlogs = []int{100_000, 1_000_000}
@@ -213,6 +219,7 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	cfg.Pinned.IdleWindow = jsonDuration(idleWindow)
 	cfg.Timeout = jsonDuration(timeout)
 	cfg.Latency.Duration = jsonDuration(latencyDuration)
+	cfg.Isolation.Duration = jsonDuration(isolationDuration)
 	cfg.Write.Duration = jsonDuration(writeDuration)
 	cfg.Webhook.LatencyDuration = jsonDuration(webhookLatency)
 
@@ -231,7 +238,7 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 }
 
 // quicken shrinks the settings not given explicitly.
-func (c *config) quicken(timeout, latencyDuration, writeDuration, webhookLatency, idleWindow *time.Duration) {
+func (c *config) quicken(timeout, latencyDuration, writeDuration, webhookLatency, idleWindow, isolationDuration *time.Duration) {
 	set := func(name string, apply func()) {
 		if !c.flagsSet[name] {
 			apply()
@@ -253,6 +260,9 @@ func (c *config) quicken(timeout, latencyDuration, writeDuration, webhookLatency
 	set("paused-flowing", func() { c.Paused.Flowing = 20_000 })
 	set("isolation-backlogs", func() { c.Isolation.Backlogs = []int{10_000, 100_000} })
 	set("isolation-drain", func() { c.Isolation.Drain = 20_000 })
+	set("isolation-bursts", func() { c.Isolation.Bursts = 1 })
+	set("isolation-rounds", func() { c.Isolation.Rounds = 1 })
+	set("isolation-duration", func() { *isolationDuration = 5 * time.Second })
 }
 
 var (
@@ -286,6 +296,8 @@ func (c *config) validate() error {
 		{"-paused-events", c.Paused.Paused},
 		{"-paused-flowing", c.Paused.Flowing},
 		{"-isolation-drain", c.Isolation.Drain},
+		{"-isolation-bursts", c.Isolation.Bursts},
+		{"-isolation-rounds", c.Isolation.Rounds},
 	}
 	for _, p := range positive {
 		if p.value < 1 {
@@ -296,8 +308,8 @@ func (c *config) validate() error {
 		// The name also names the topics, so it is kept to what needs no quoting anywhere.
 		return fmt.Errorf("-db %q: must be lower-case letters, digits and underscores, not starting with a digit", c.Database)
 	}
-	if c.Timeout <= 0 || c.Latency.Duration <= 0 || c.Write.Duration <= 0 || c.Pinned.IdleWindow <= 0 {
-		return errors.New("-timeout, -latency-duration, -write-duration and -idle-window must be positive")
+	if c.Timeout <= 0 || c.Latency.Duration <= 0 || c.Write.Duration <= 0 || c.Pinned.IdleWindow <= 0 || c.Isolation.Duration <= 0 {
+		return errors.New("-timeout, -latency-duration, -write-duration, -idle-window and -isolation-duration must be positive")
 	}
 	for _, kv := range c.ShipperEnv {
 		key, _, ok := strings.Cut(kv, "=")

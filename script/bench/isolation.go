@@ -3,29 +3,43 @@ package main
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 )
 
 // isolationResult is the isolation section: the whole of pg2kafka with a
 // table whose topic does not exist and a backlog of its events queued,
-// beside a flowing table written to at -latency-rate. For each backlog (none
-// first) it measures the flowing table's commit→consumer latency and then
-// how fast pg2kafka drains a burst of the flowing table's events, both in
-// the same run, so that the ratios to the run with no backlog compare like
-// with like on a shared machine.
+// beside a flowing table written to at -latency-rate. Each run measures the
+// flowing table's commit→consumer latency for -isolation-duration, then
+// drains -isolation-bursts bursts of its events one after another. The runs
+// go in rounds, none queued and then each backlog, closed by one more run
+// with none queued, and what is reported are medians over the runs: on a
+// shared machine one unlucky run, or the machine's drift over the section,
+// would otherwise decide a ratio.
 type isolationResult struct {
-	Drain int            `json:"drain_events"`
-	Runs  []isolationRun `json:"runs"`
+	Drain  int            `json:"drain_events"`
+	Bursts int            `json:"bursts_per_run"`
+	Rounds int            `json:"rounds"`
+	Runs   []isolationRun `json:"runs"`
 }
 
 type isolationRun struct {
+	// Round counts from 1; the closing run with none queued is Rounds+1.
+	Round   int     `json:"round"`
 	Backlog int     `json:"paused_backlog"`
 	Latency float64 `json:"p99_ms"`
 	P50Ms   float64 `json:"p50_ms"`
 	Missing int     `json:"missing"`
-	// DrainPerSec is the flowing table's burst of -isolation-drain events,
-	// committed at once, from the commit to the last on the topic.
-	DrainPerSec float64 `json:"drain_per_sec"`
+	// BurstsPerSec are the run's bursts of -isolation-drain events of the
+	// flowing table, each committed at once and timed from its commit to
+	// its last event on the topic; DrainPerSec is their median.
+	BurstsPerSec []float64 `json:"bursts_per_sec"`
+	DrainPerSec  float64   `json:"drain_per_sec"`
+	// IndexRowsPerEvent and SeqRowsPerEvent are the queue rows read while
+	// the bursts drained, by index and by sequential scans, per event
+	// drained (pg_stat_user_tables): what a paused backlog walked would show.
+	IndexRowsPerEvent float64 `json:"index_rows_read_per_event"`
+	SeqRowsPerEvent   float64 `json:"seq_rows_read_per_event"`
 	// StillQueued is the paused table's events left queued at the end: all
 	// of them, since its topic never exists.
 	StillQueued int64 `json:"still_queued"`
@@ -39,14 +53,19 @@ FROM generate_series($1::bigint, $2::bigint) AS g`
 
 func (b *bench) runIsolation(ctx context.Context) error {
 	cfg := b.cfg.Isolation
-	r := &isolationResult{Drain: cfg.Drain}
+	r := &isolationResult{Drain: cfg.Drain, Bursts: cfg.Bursts, Rounds: cfg.Rounds}
 	b.report.Isolation = r
-	// None queued both first and last: the reference is their mean, so
-	// that neither the first run's cold start nor the machine's drift over
-	// the section leans on one side of the ratios.
-	backlogs := append(append([]int{0}, cfg.Backlogs...), 0)
-	for _, backlog := range backlogs {
-		run, err := b.isolationRun(ctx, backlog)
+	type step struct{ round, backlog int }
+	var steps []step
+	for round := 1; round <= cfg.Rounds; round++ {
+		steps = append(steps, step{round, 0})
+		for _, backlog := range cfg.Backlogs {
+			steps = append(steps, step{round, backlog})
+		}
+	}
+	steps = append(steps, step{cfg.Rounds + 1, 0})
+	for _, s := range steps {
+		run, err := b.isolationRun(ctx, s.round, s.backlog)
 		if err != nil {
 			return err
 		}
@@ -55,10 +74,10 @@ func (b *bench) runIsolation(ctx context.Context) error {
 	return nil
 }
 
-func (b *bench) isolationRun(ctx context.Context, backlog int) (isolationRun, error) {
-	run := isolationRun{Backlog: backlog}
-	lat := b.cfg.Latency
-	total := int(float64(lat.Rate) * time.Duration(lat.Duration).Seconds())
+func (b *bench) isolationRun(ctx context.Context, round, backlog int) (isolationRun, error) {
+	run := isolationRun{Round: round, Backlog: backlog}
+	cfg := b.cfg.Isolation
+	total := int(float64(b.cfg.Latency.Rate) * time.Duration(cfg.Duration).Seconds())
 	if err := truncate(ctx, b.pool, eventsTable, latencyTable, "pg2kafka.outbound_event_queue"); err != nil {
 		return run, err
 	}
@@ -94,7 +113,8 @@ func (b *bench) isolationRun(ctx context.Context, backlog int) (isolationRun, er
 	if err := b.warmUp(ctx, consumer); err != nil {
 		return run, err
 	}
-	b.log.Info("isolation: writing the flowing table at a fixed rate", "paused_backlog", backlog, "rate", lat.Rate, "duration", time.Duration(lat.Duration))
+	b.log.Info("isolation: writing the flowing table at a fixed rate", "round", round, "paused_backlog", backlog,
+		"rate", b.cfg.Latency.Rate, "duration", time.Duration(cfg.Duration))
 	commits, _, err := b.writeAtRate(ctx, total, base)
 	if err != nil {
 		return run, err
@@ -104,31 +124,86 @@ func (b *bench) isolationRun(ctx context.Context, backlog int) (isolationRun, er
 	l.addLatencies(commits, consumer.stop())
 	run.P50Ms, run.Latency, run.Missing = l.P50Ms, l.P99Ms, l.Missing
 
-	// The burst: one statement queues them all, and the clock runs from
-	// its commit, when pg2kafka can first see them, until the topic holds
-	// them.
-	first := int64(total + 1)
-	if _, err := b.pool.Exec(ctx, fillLatencySQL, first, first+int64(b.cfg.Isolation.Drain)-1); err != nil {
-		return run, fmt.Errorf("fill %s: %w", latencyTable, err)
-	}
-	start := time.Now()
-	want := int64(1 + total + b.cfg.Isolation.Drain) // the probe row too
-	if err := b.waitRecords(ctx, flowing, want); err != nil {
+	// The bursts: one statement queues each, and the clock runs from its
+	// commit, when pg2kafka can first see it, until the topic holds it.
+	before, err := b.queueReads(ctx)
+	if err != nil {
 		return run, err
 	}
-	run.DrainPerSec = float64(b.cfg.Isolation.Drain) / time.Since(start).Seconds()
+	next := int64(total + 1)
+	shipped := int64(1 + total) // the probe row too
+	for range cfg.Bursts {
+		if _, err := b.pool.Exec(ctx, fillLatencySQL, next, next+int64(cfg.Drain)-1); err != nil {
+			return run, fmt.Errorf("fill %s: %w", latencyTable, err)
+		}
+		start := time.Now()
+		next += int64(cfg.Drain)
+		shipped += int64(cfg.Drain)
+		if err := b.waitRecords(ctx, flowing, shipped); err != nil {
+			return run, err
+		}
+		run.BurstsPerSec = append(run.BurstsPerSec, float64(cfg.Drain)/time.Since(start).Seconds())
+	}
+	run.DrainPerSec = median(run.BurstsPerSec)
+	drained := int64(cfg.Bursts * cfg.Drain)
+	after, err := b.queueReadsOf(ctx, before, drained)
+	if err != nil {
+		return run, err
+	}
+	run.IndexRowsPerEvent = float64(after.index-before.index) / float64(drained)
+	run.SeqRowsPerEvent = float64(after.seq-before.seq) / float64(drained)
+
 	if _, err := shipper.Stop(stopTimeout); err != nil {
 		return run, err
 	}
 	if run.StillQueued, err = queueDepth(ctx, b.pool); err != nil {
 		return run, err
 	}
-	b.log.Info("isolation", "paused_backlog", backlog, "p50_ms", run.P50Ms, "p99_ms", run.Latency, "missing", run.Missing,
-		"drain_per_sec", int(run.DrainPerSec), "still_queued", run.StillQueued)
+	b.log.Info("isolation", "round", round, "paused_backlog", backlog, "p50_ms", run.P50Ms, "p99_ms", run.Latency, "missing", run.Missing,
+		"drain_per_sec", int(run.DrainPerSec), "bursts_per_sec", run.BurstsPerSec,
+		"index_rows_per_event", run.IndexRowsPerEvent, "seq_rows_per_event", run.SeqRowsPerEvent, "still_queued", run.StillQueued)
 	if run.StillQueued != int64(backlog) {
 		return run, fmt.Errorf("isolation: %d events left queued, want the paused table's %d", run.StillQueued, backlog)
 	}
 	return run, nil
+}
+
+// queueReads is what pg_stat_user_tables has counted of the queue so far:
+// rows read by index and by sequential scans, and rows deleted.
+type queueReads struct{ index, seq, deleted int64 }
+
+func (b *bench) queueReads(ctx context.Context) (queueReads, error) {
+	var r queueReads
+	err := b.pool.QueryRow(ctx, `
+SELECT coalesce(idx_tup_fetch, 0), coalesce(seq_tup_read, 0), n_tup_del
+FROM pg_stat_user_tables WHERE relid = 'pg2kafka.outbound_event_queue'::regclass`).Scan(&r.index, &r.seq, &r.deleted)
+	if err != nil {
+		return r, fmt.Errorf("read the queue's table statistics: %w", err)
+	}
+	return r, nil
+}
+
+// queueReadsOf returns the queue's counts once they include the deletes of
+// the events drained since before. A session reports its counts a second or
+// so after its transactions, so they are read no sooner than that, and
+// again until the deletes are in (or a few seconds have passed).
+func (b *bench) queueReadsOf(ctx context.Context, before queueReads, deleted int64) (queueReads, error) {
+	start := time.Now()
+	for {
+		after, err := b.queueReads(ctx)
+		if err != nil {
+			return after, err
+		}
+		waited := time.Since(start)
+		if (waited > 1100*time.Millisecond && after.deleted-before.deleted >= deleted) || waited > 5*time.Second {
+			return after, nil
+		}
+		select {
+		case <-ctx.Done():
+			return after, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // waitRecords waits until topic holds want records, or -timeout passes.
@@ -155,36 +230,99 @@ const (
 	targetIsolationDrain = 0.90
 )
 
+// isolationRows reports, for nothing queued, the medians of its runs; for
+// each backlog, the medians of its runs against those of the runs with
+// nothing queued, and the spread of its rounds, each against the two runs
+// with nothing queued either side of it.
 func (r *report) isolationRows() []row {
 	s := r.Isolation
 	if s == nil || len(s.Runs) == 0 {
 		return nil
 	}
-	var free isolationRun
-	n := 0.0
+	by := make(map[int][]isolationRun)
+	var backlogs []int
 	for _, run := range s.Runs {
-		if run.Backlog == 0 {
-			free.Latency += run.Latency
-			free.DrainPerSec += run.DrainPerSec
-			n++
+		if _, ok := by[run.Backlog]; !ok && run.Backlog > 0 {
+			backlogs = append(backlogs, run.Backlog)
 		}
+		by[run.Backlog] = append(by[run.Backlog], run)
 	}
-	free.Latency /= n
-	free.DrainPerSec /= n
-	var rows []row
-	for _, run := range s.Runs {
-		label := fmt.Sprintf("isolation: flowing table beside a missing topic with %s events queued", thousands(run.Backlog))
-		lat := fmt.Sprintf("p50 / p99 %.1f / %.1f ms, %d missing", run.P50Ms, run.Latency, run.Missing)
-		drain := fmt.Sprintf("burst of %s drained at %s", thousands(s.Drain), perSec(run.DrainPerSec, "events"))
-		if run.Backlog == 0 {
-			rows = append(rows, row{Measure: label, Value: lat + "; " + drain})
-			continue
+	none := by[0]
+	if len(none) == 0 {
+		return nil
+	}
+	noneByRound := make(map[int]isolationRun)
+	for _, run := range none {
+		noneByRound[run.Round] = run
+	}
+	col := func(runs []isolationRun, f func(isolationRun) float64) []float64 {
+		var out []float64
+		for _, run := range runs {
+			out = append(out, f(run))
 		}
-		p99 := run.Latency / free.Latency
-		rate := run.DrainPerSec / free.DrainPerSec
+		return out
+	}
+	p50 := func(r isolationRun) float64 { return r.P50Ms }
+	p99 := func(r isolationRun) float64 { return r.Latency }
+	drain := func(r isolationRun) float64 { return r.DrainPerSec }
+	reads := func(runs []isolationRun) string {
+		idx, seq := median(col(runs, func(r isolationRun) float64 { return r.IndexRowsPerEvent })), median(col(runs, func(r isolationRun) float64 { return r.SeqRowsPerEvent }))
+		out := fmt.Sprintf("%.1f queue rows read per event", idx+seq)
+		if seq >= 0.05 {
+			out += fmt.Sprintf(", %.1f of them by sequential scans", seq)
+		}
+		return out
+	}
+	missing := func(runs []isolationRun) int {
+		n := 0
+		for _, run := range runs {
+			n += run.Missing
+		}
+		return n
+	}
+	bursts := fmt.Sprintf("%d bursts of %s a run", s.Bursts, thousands(s.Drain))
+	if s.Bursts == 1 {
+		bursts = "a burst of " + thousands(s.Drain)
+	}
+	noneDrain := col(none, drain)
+	rows := []row{{
+		Measure: fmt.Sprintf("isolation: flowing table, nothing queued beside it (median of %d runs)", len(none)),
+		Value: fmt.Sprintf("p50 / p99 %.1f / %.1f ms, %d missing; %s drained at %s (runs %s–%s), %s",
+			median(col(none, p50)), median(col(none, p99)), missing(none), bursts, perSec(median(noneDrain), "events"),
+			thousands(int64(slices.Min(noneDrain)+0.5)), thousands(int64(slices.Max(noneDrain)+0.5)), reads(none)),
+	}}
+	for _, backlog := range backlogs {
+		runs := by[backlog]
+		label := fmt.Sprintf("isolation: flowing table beside a missing topic with %s events queued", thousands(backlog))
+		of := fmt.Sprintf("median of %d runs ÷ median of the %d with none queued, interleaved", len(runs), len(none))
+		if len(runs) == 1 {
+			of = fmt.Sprintf("one run ÷ median of the %d with none queued, before and after", len(none))
+		}
+		// Each round against the runs with none queued either side of it.
+		var p99Rounds, drainRounds []float64
+		for _, run := range runs {
+			before, ok1 := noneByRound[run.Round]
+			after, ok2 := noneByRound[run.Round+1]
+			if ok1 && ok2 {
+				p99Rounds = append(p99Rounds, 2*run.Latency/(before.Latency+after.Latency))
+				drainRounds = append(drainRounds, 2*run.DrainPerSec/(before.DrainPerSec+after.DrainPerSec))
+			}
+		}
+		spread := func(xs []float64, format string) string {
+			if len(xs) < 2 {
+				return ""
+			}
+			return fmt.Sprintf("; rounds "+format+"–"+format+" against the runs either side", slices.Min(xs), slices.Max(xs))
+		}
+		p99Ratio := median(col(runs, p99)) / median(col(none, p99))
+		drainRatio := median(col(runs, drain)) / median(noneDrain)
 		rows = append(rows,
-			check(label+": p99 ÷ none queued (mean of the first and last runs)", fmt.Sprintf("%s (%.2f×)", lat, p99), fmt.Sprintf("≤ %.0f×", targetIsolationP99), p99 <= targetIsolationP99 && run.Missing == 0),
-			check(label+": drain ÷ none queued", fmt.Sprintf("%s (%.2f)", drain, rate), "≥ "+percent(targetIsolationDrain), rate >= targetIsolationDrain))
+			check(label+": p99 ÷ none queued ("+of+")",
+				fmt.Sprintf("p50 / p99 %.1f / %.1f ms, %d missing (%.2f×%s)", median(col(runs, p50)), median(col(runs, p99)), missing(runs), p99Ratio, spread(p99Rounds, "%.2f×")),
+				fmt.Sprintf("≤ %.0f×", targetIsolationP99), p99Ratio <= targetIsolationP99 && missing(runs) == 0),
+			check(label+": drain ÷ none queued ("+of+")",
+				fmt.Sprintf("%s drained at %s, %s (%.2f%s)", bursts, perSec(median(col(runs, drain)), "events"), reads(runs), drainRatio, spread(drainRounds, "%.2f")),
+				"≥ "+percent(targetIsolationDrain), drainRatio >= targetIsolationDrain))
 	}
 	return rows
 }

@@ -21,8 +21,8 @@
 //  9. paused:  the claim path's drain rate of a flowing table with a paused
 //     table's backlog queued ahead of it, and with none;
 //  10. isolation: the whole of pg2kafka beside a table whose topic is missing
-//     with 100k and 1M events queued, and with none: the flowing table's
-//     commit→consumer p99 and burst drain rate;
+//     with 100k and 1M events queued, and with none, in interleaved rounds:
+//     the flowing table's commit→consumer p99 and burst drain rate, medians;
 //  11. emit: pg2kafka.emit() per call, against a plain INSERT into an
 //     outbox table and against the floor of any emit(), a function that
 //     only writes the queue row.

@@ -191,9 +191,9 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 		return nil
 	})
 	fs.IntVar(&cfg.Isolation.Drain, "isolation-drain", 100_000, "events of the flowing table in each burst the isolation section drains after a run's latency measurement")
-	fs.IntVar(&cfg.Isolation.Bursts, "isolation-bursts", 3, "bursts each isolation run drains, one after another; the run's drain rate is their median")
-	fs.IntVar(&cfg.Isolation.Rounds, "isolation-rounds", 2, "rounds of the isolation runs, interleaved (none queued, then each backlog), closed by one more run with none queued; the medians are reported")
-	fs.DurationVar(&isolationDuration, "isolation-duration", 15*time.Second, "length of each isolation run's latency measurement, at -latency-rate")
+	fs.IntVar(&cfg.Isolation.Bursts, "isolation-bursts", 2, "bursts each isolation run drains, one after another; the run's drain rate is their median")
+	fs.IntVar(&cfg.Isolation.Rounds, "isolation-rounds", 3, "rounds of the isolation runs, interleaved (none queued, then each backlog), closed by one more run with none queued; the medians are reported")
+	fs.DurationVar(&isolationDuration, "isolation-duration", 10*time.Second, "length of each isolation run's latency measurement, at -latency-rate")
 	fs.IntVar(&cfg.Paused.Flowing, "paused-flowing", 200_000, "events of the flowing table the paused section drains past them")
 	fs.StringVar(&codecs, "compression-codecs", "none,snappy,lz4,zstd", "codecs to drain with, each a full drain of -events, if pg2kafka has a compression setting")
 	fs.IntVar(&cfg.Webhook.Events, "webhook-events", 100_000, "events queued for each of the webhook section's drains (batch 1 and batch 100)")

@@ -334,9 +334,9 @@ const (
 )
 
 // isolationRows reports, for nothing queued, the medians of its runs; for
-// each backlog, the medians of its runs against those of the runs with
-// nothing queued, and the spread of its rounds, each against the two runs
-// with nothing queued either side of it.
+// each backlog, the medians of its runs, and its ratios: each round's run
+// against the two runs with nothing queued either side of it, which takes
+// out the machine's drift over the section, and the median of those.
 func (r *report) isolationRows() []row {
 	s := r.Isolation
 	if s == nil || len(s.Runs) == 0 {
@@ -397,11 +397,10 @@ func (r *report) isolationRows() []row {
 	for _, backlog := range backlogs {
 		runs := by[backlog]
 		label := fmt.Sprintf("isolation: flowing table beside a missing topic with %s events queued", thousands(backlog))
-		of := fmt.Sprintf("median of %d runs ÷ median of the %d with none queued, interleaved", len(runs), len(none))
+		of := fmt.Sprintf("median of %d rounds, each run against the runs with none queued either side", len(runs))
 		if len(runs) == 1 {
-			of = fmt.Sprintf("one run ÷ median of the %d with none queued, before and after", len(none))
+			of = "one run against the runs with none queued either side"
 		}
-		// Each round against the runs with none queued either side of it.
 		var p99Rounds, drainRounds []float64
 		for _, run := range runs {
 			before, ok1 := noneByRound[run.Round]
@@ -411,20 +410,22 @@ func (r *report) isolationRows() []row {
 				drainRounds = append(drainRounds, 2*run.DrainPerSec/(before.DrainPerSec+after.DrainPerSec))
 			}
 		}
+		if len(p99Rounds) == 0 {
+			continue // a report cut short
+		}
 		spread := func(xs []float64, format string) string {
 			if len(xs) < 2 {
 				return ""
 			}
-			return fmt.Sprintf("; rounds "+format+"–"+format+" against the runs either side", slices.Min(xs), slices.Max(xs))
+			return fmt.Sprintf("; rounds "+format+"–"+format, slices.Min(xs), slices.Max(xs))
 		}
-		p99Ratio := median(col(runs, p99)) / median(col(none, p99))
-		drainRatio := median(col(runs, drain)) / median(noneDrain)
+		p99Ratio, drainRatio := median(p99Rounds), median(drainRounds)
 		rows = append(rows,
 			check(label+": p99 ÷ none queued ("+of+")",
-				fmt.Sprintf("p50 / p99 %.1f / %.1f ms, %d missing (%.2f×%s)", median(col(runs, p50)), median(col(runs, p99)), missing(runs), p99Ratio, spread(p99Rounds, "%.2f×")),
+				fmt.Sprintf("p50 / p99 %.1f / %.1f ms%s, %d missing (%.2f×%s)", median(col(runs, p50)), median(col(runs, p99)), medianOf(len(runs)), missing(runs), p99Ratio, spread(p99Rounds, "%.2f×")),
 				fmt.Sprintf("≤ %.0f×", targetIsolationP99), p99Ratio <= targetIsolationP99 && missing(runs) == 0),
 			check(label+": drain ÷ none queued ("+of+")",
-				fmt.Sprintf("%s drained at %s, %s (%.2f%s)", bursts, perSec(median(col(runs, drain)), "events"), reads(runs), drainRatio, spread(drainRounds, "%.2f")),
+				fmt.Sprintf("%s drained at %s%s, %s (%.2f%s)", bursts, perSec(median(col(runs, drain)), "events"), medianOf(len(runs)), reads(runs), drainRatio, spread(drainRounds, "%.2f")),
 				"≥ "+percent(targetIsolationDrain), drainRatio >= targetIsolationDrain),
 			row{Measure: label + ": one count of the paused table's queued events, as its pause line and each reminder (every 30 s) make it, outside the latency windows",
 				Value: fmt.Sprintf("%.0f ms%s", median(col(runs, func(r isolationRun) float64 { return r.CountMs })), medianOf(len(runs)))})

@@ -34,7 +34,7 @@ WITH moved AS (
     DELETE FROM pg2kafka.outbound_event_queue AS q
     USING unnest($1::bigint[], $2::text[], $3::int[], $4::timestamptz[], $5::timestamptz[])
         AS f(id, error, attempts, first_failed_at, last_failed_at)
-    WHERE q.id = f.id
+    WHERE q.id = ANY ($1::bigint[]) AND q.id = f.id
     RETURNING q.id, coalesce(q.uuid, pg2kafka.event_uuid(q.id, q.created_at)), q.external_id, q.table_schema, q.table_name, q.statement, q.data, q.created_at,
               q.old, q.topic, f.error, f.attempts, f.first_failed_at, f.last_failed_at
 )
@@ -61,7 +61,8 @@ func (b *Batch) completeWithDeadLetters(ctx context.Context, acknowledged []int6
 	for i, l := range letters {
 		ids[i], reasons[i], attempts[i], first[i], last[i] = l.ID, l.Error, int32(l.Attempts), l.FirstFailedAt, l.LastFailedAt
 	}
-	err := pgx.BeginFunc(ctx, b.conn, func(tx pgx.Tx) error {
+	// As the claim: by the id index, whatever plan the statement keeps.
+	err := pgx.BeginTxFunc(ctx, b.conn, claimTx, func(tx pgx.Tx) error {
 		if len(acknowledged) > 0 {
 			if _, err := tx.Exec(ctx, deleteSQL, acknowledged); err != nil {
 				return fmt.Errorf("delete acknowledged events: %w", err)

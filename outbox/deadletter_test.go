@@ -1,6 +1,7 @@
 package outbox_test
 
 import (
+	"fmt"
 	"log/slog"
 	"reflect"
 	"slices"
@@ -243,5 +244,48 @@ func TestMigrateDownRequeuesDeadLetters(t *testing.T) {
 	}
 	if got := b.deadLetters(t); len(got) != 0 {
 		t.Errorf("dead letters after down and up: %+v", got)
+	}
+}
+
+// The move of refused events to the dead-letter table is a prepared
+// statement too, and keeps its plan: one made while the queue held a few
+// rows must still find the refused events by id, not read the whole queue.
+func TestAMovePlannedOnAnEmptyQueueStillFindsItsEventsById(t *testing.T) {
+	t.Parallel()
+	b := setup(t,
+		`CREATE TABLE items (id int PRIMARY KEY, v text)`,
+		`SELECT pg2kafka.setup('items', 'id')`,
+		`ANALYZE pg2kafka.outbound_event_queue`,
+	)
+	c := b.claimer(t)
+	rebalance(t, c)
+	now := time.Now()
+	for i := range 10 { // past the five runs after which Postgres may keep a generic plan
+		b.exec(t, fmt.Sprintf(`INSERT INTO items VALUES (%d, 'refused')`, i+1))
+		batch, err := c.Claim(t.Context(), 10, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(batch.Events) != 1 {
+			t.Fatalf("claimed %d events, want 1", len(batch.Events))
+		}
+		letter := outbox.DeadLetter{ID: batch.Events[0].ID, Error: "refused", Attempts: 1, FirstFailedAt: now, LastFailedAt: now}
+		if err := batch.Complete(t.Context(), nil, letter); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.exec(t, `INSERT INTO items SELECT i, repeat('x', 150) FROM generate_series(1001, 51000) i`)
+	var pages, id int64
+	if err := b.pool.QueryRow(t.Context(), `SELECT pg_relation_size('pg2kafka.outbound_event_queue') / current_setting('block_size')::int, max(id) FROM pg2kafka.outbound_event_queue`).Scan(&pages, &id); err != nil {
+		t.Fatal(err)
+	}
+	args := fmt.Sprintf(`'{%d}', '{refused}', '{1}', '{%[2]s}', '{%[2]s}'`, id, now.UTC().Format(time.RFC3339))
+	got, err := c.ExplainPrepared(t.Context(), outbox.MoveToDeadLetterSQL, args)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("moving one event of a queue of %d pages touches %d buffers", pages, got)
+	if got > pages/10 {
+		t.Fatalf("moving one event touches %d buffers of a queue of %d pages: its kept plan reads the whole queue", got, pages)
 	}
 }

@@ -100,3 +100,28 @@ func (c *Claimer) ExplainPreparedClaim(ctx context.Context, limit int) (int64, e
 	}
 	return planBuffers(out)
 }
+
+// ExplainPrepared runs a statement the claimer has prepared, with the plan
+// it keeps for it and the given literal arguments, under EXPLAIN (ANALYZE,
+// BUFFERS) in a transaction it rolls back, and returns the shared buffers
+// it touched.
+func (c *Claimer) ExplainPrepared(ctx context.Context, statement, args string) (int64, error) {
+	var name string
+	if err := c.conn.QueryRow(ctx, `SELECT name FROM pg_prepared_statements WHERE statement = $1`, statement).Scan(&name); err != nil {
+		return 0, fmt.Errorf("find the prepared statement: %w", err)
+	}
+	tx, err := c.conn.Begin(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	var out []byte
+	if err := tx.QueryRow(ctx, fmt.Sprintf(`EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE %q(%s)`, name, args)).Scan(&out); err != nil {
+		return 0, fmt.Errorf("explain the prepared statement: %w", err)
+	}
+	return planBuffers(out)
+}
+
+// MoveToDeadLetterSQL is the statement that moves refused events to the
+// dead-letter table.
+const MoveToDeadLetterSQL = moveToDeadLetterSQL

@@ -73,38 +73,21 @@ func WithoutIdleSessionTimeout(c *Claimer) { c.bounds.withoutIdleSessionTimeout 
 // so that only its claims' snapshots clear its candidates.
 func WithoutLooks(c *Claimer) { c.low.noLook = true }
 
-// ExplainPreparedClaim runs the claim statement the claimer has prepared,
-// with the plan it keeps for it, as Claim(limit, nil) would run it now,
-// under EXPLAIN (ANALYZE, BUFFERS) in a transaction it rolls back, and
-// returns the shared buffers it touched.
+// ExplainPreparedClaim is ExplainPrepared for the claim, with the arguments
+// Claim(limit, nil) would give it now.
 func (c *Claimer) ExplainPreparedClaim(ctx context.Context, limit int) (int64, error) {
-	var name string
-	if err := c.conn.QueryRow(ctx, `SELECT name FROM pg_prepared_statements WHERE statement = $1`, claimSQL).Scan(&name); err != nil {
-		return 0, fmt.Errorf("find the prepared claim: %w", err)
-	}
-	// EXECUTE takes its arguments as literals, not as parameters.
-	lanes := "NULL"
+	lanes := "NULL" // every lane
 	if l, _, _ := c.claimArgs(nil); l != nil {
-		lanes = strings.ReplaceAll(fmt.Sprintf("'{%v}'", l), " ", ",")
-		lanes = strings.NewReplacer("{[", "{", "]}", "}").Replace(lanes)
+		lanes = strings.Trim(strings.Join(strings.Fields(fmt.Sprint(l)), ","), "[]")
+		lanes = "'{" + lanes + "}'"
 	}
-	tx, err := c.conn.Begin(ctx)
-	if err != nil {
-		return 0, err
-	}
-	defer tx.Rollback(context.WithoutCancel(ctx))
-	var out []byte
-	sql := fmt.Sprintf(`EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE %q(%d, %s, NULL, NULL, %d, NULL)`, name, limit, lanes, c.low.from(nil))
-	if err := tx.QueryRow(ctx, sql).Scan(&out); err != nil {
-		return 0, fmt.Errorf("explain the prepared claim: %w", err)
-	}
-	return planBuffers(out)
+	return c.ExplainPrepared(ctx, claimSQL, fmt.Sprintf("%d, %s, NULL, NULL, %d, NULL", limit, lanes, c.low.from(nil)))
 }
 
 // ExplainPrepared runs a statement the claimer has prepared, with the plan
-// it keeps for it and the given literal arguments, under EXPLAIN (ANALYZE,
-// BUFFERS) in a transaction it rolls back, and returns the shared buffers
-// it touched.
+// it keeps for it and the given arguments (EXECUTE takes them as literals),
+// under EXPLAIN (ANALYZE, BUFFERS) in a transaction it rolls back, and
+// returns the shared buffers it touched.
 func (c *Claimer) ExplainPrepared(ctx context.Context, statement, args string) (int64, error) {
 	var name string
 	if err := c.conn.QueryRow(ctx, `SELECT name FROM pg_prepared_statements WHERE statement = $1`, statement).Scan(&name); err != nil {

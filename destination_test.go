@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/pg2kafka/pg2kafka/outbox"
@@ -124,11 +125,10 @@ func TestChooseDestinationErrors(t *testing.T) {
 	}
 }
 
-// pg2kafka with WEBHOOK_URL POSTs each event to the endpoint, in order, and
-// deletes it once the endpoint answered 2xx; a shipper to Kafka on the same
-// database then refuses to start, naming the webhook.
-func TestShipsToAWebhook(t *testing.T) {
-	t.Parallel()
+// threeProductChanges returns a migrated database whose products table has
+// queued an INSERT, an UPDATE and a DELETE of one product, and its URL.
+func threeProductChanges(t *testing.T) (*pgxpool.Pool, string) {
+	t.Helper()
 	pool, url := migratedDatabase(t)
 	mustExec(t, pool,
 		`CREATE TABLE products (sku text PRIMARY KEY, name text)`,
@@ -137,6 +137,15 @@ func TestShipsToAWebhook(t *testing.T) {
 		`UPDATE products SET name = 'Big Red Coffee Mug'`,
 		`DELETE FROM products`,
 	)
+	return pool, url
+}
+
+// pg2kafka with WEBHOOK_URL POSTs each event to the endpoint, in order, and
+// deletes it once the endpoint answered 2xx; a shipper to Kafka on the same
+// database then refuses to start, naming the webhook.
+func TestShipsToAWebhook(t *testing.T) {
+	t.Parallel()
+	pool, url := threeProductChanges(t)
 	var mu sync.Mutex
 	var paths []string
 	var bodies []map[string]any
@@ -201,14 +210,7 @@ func TestShipsToAWebhook(t *testing.T) {
 // routing key schema.table, in order.
 func TestShipsToRabbitMQ(t *testing.T) {
 	t.Parallel()
-	pool, url := migratedDatabase(t)
-	mustExec(t, pool,
-		`CREATE TABLE products (sku text PRIMARY KEY, name text)`,
-		`INSERT INTO products VALUES ('CM01-R', 'Red Mug')`,
-		`SELECT pg2kafka.setup('products', 'sku')`,
-		`UPDATE products SET name = 'Big Red Coffee Mug'`,
-		`DELETE FROM products`,
-	)
+	pool, url := threeProductChanges(t)
 	brokerURL := cmp.Or(os.Getenv("PG2KAFKA_TEST_RABBITMQ_URL"), "amqp://guest:guest@127.0.0.1:5672/")
 	conn, err := amqp.Dial(brokerURL)
 	if err != nil {

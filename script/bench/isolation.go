@@ -159,7 +159,7 @@ func (b *bench) isolationRun(ctx context.Context, round, backlog int) (isolation
 	}
 	b.log.Info("isolation: writing the flowing table at a fixed rate", "round", round, "paused_backlog", backlog,
 		"rate", b.cfg.Latency.Rate, "duration", time.Duration(cfg.Duration))
-	commits, _, err := b.writeAtRate(ctx, total, base)
+	commits, _, err := b.writeAtRate(ctx, b.cfg.Latency.Rate, total, base)
 	if err != nil {
 		return run, err
 	}

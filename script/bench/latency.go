@@ -102,7 +102,7 @@ func (b *bench) latencyRun(ctx context.Context, v latencyVariant) (*latencyResul
 	sampler := sampleDepth(ctx, b.pool, time.Second)
 	defer sampler.stop()
 	b.log.Info("writing at a fixed rate", "rate", cfg.Rate, "duration", time.Duration(cfg.Duration), "writers", cfg.Writers, "variant", v.Name)
-	commits, writeTime, err := b.writeAtRate(ctx, total, base)
+	commits, writeTime, err := b.writeAtRate(ctx, cfg.Rate, total, base)
 	if err != nil {
 		return nil, err
 	}
@@ -181,11 +181,12 @@ func (b *bench) warmUp(ctx context.Context, consumer *arrivals) error {
 }
 
 // writeAtRate commits rows 1..total, one per transaction, through
-// -latency-writers connections paced together: row i is not written before
-// start + i/rate, so a writer that falls behind is caught up by the others.
+// -latency-writers connections paced together at rate commits per second:
+// row i is not written before start + i/rate, so a writer that falls behind
+// is caught up by the others.
 // It returns when each row's commit returned, indexed by row id, and how long
 // the writing took.
-func (b *bench) writeAtRate(ctx context.Context, total int, base time.Time) ([]time.Duration, time.Duration, error) {
+func (b *bench) writeAtRate(ctx context.Context, rate, total int, base time.Time) ([]time.Duration, time.Duration, error) {
 	cfg := b.cfg.Latency
 	conns, release, err := acquire(ctx, b.pool, cfg.Writers)
 	if err != nil {
@@ -193,7 +194,7 @@ func (b *bench) writeAtRate(ctx context.Context, total int, base time.Time) ([]t
 	}
 	defer release()
 	payload := randomText(payloadLen(200))
-	interval := float64(time.Second) / float64(cfg.Rate)
+	interval := float64(time.Second) / float64(rate)
 	commits := make([]time.Duration, total+1)
 	var next atomic.Int64
 

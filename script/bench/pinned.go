@@ -343,7 +343,7 @@ func (b *bench) latencyAt(ctx context.Context, rate int) (latencyResult, error) 
 	if err := b.warmUp(ctx, consumer); err != nil {
 		return latencyResult{}, err
 	}
-	commits, writeTime, err := b.writeAtRate(ctx, total, base)
+	commits, writeTime, err := b.writeAtRate(ctx, rate, total, base)
 	if err != nil {
 		return latencyResult{}, err
 	}

@@ -324,7 +324,7 @@ func (b *bench) webhookLatency(ctx context.Context, recv *hookReceiver) (*latenc
 
 	sampler := sampleDepth(ctx, b.pool, time.Second)
 	defer sampler.stop()
-	commits, writeTime, err := b.writeAtRate(ctx, total, base)
+	commits, writeTime, err := b.writeAtRate(ctx, cfg.Rate, total, base)
 	if err != nil {
 		return nil, err
 	}

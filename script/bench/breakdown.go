@@ -9,6 +9,7 @@ import (
 	"io"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pg2kafka/pg2kafka/shipper"
@@ -43,6 +44,8 @@ type batchTimes struct {
 	mu   sync.Mutex
 	by   map[string][5]time.Duration
 	done chan struct{}
+	// lines counts every line pg2kafka has written to stderr.
+	lines atomic.Int64
 }
 
 // startTimedShipper starts pg2kafka with debug logs in JSON, keeps the
@@ -70,6 +73,7 @@ func (t *batchTimes) read(r io.Reader, passOn io.Writer, base time.Time) {
 	sc.Buffer(make([]byte, 64<<10), 64<<20)
 	marker := []byte(`"msg":"` + shipper.TimingMessage + `"`)
 	for sc.Scan() {
+		t.lines.Add(1)
 		line := sc.Bytes()
 		if !bytes.Contains(line, marker) {
 			if bytes.Contains(line, []byte(`"level":"WARN"`)) || bytes.Contains(line, []byte(`"level":"ERROR"`)) || !bytes.HasPrefix(line, []byte("{")) {

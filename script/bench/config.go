@@ -57,11 +57,18 @@ type config struct {
 }
 
 type latencyConfig struct {
+	// Rate is the writer's rate of the sections that write at one rate
+	// (isolation); Rates those the latency section runs, one after another.
 	Rate     int          `json:"rate"`
+	Rates    []int        `json:"rates"`
 	Duration jsonDuration `json:"duration"`
 	Writers  int          `json:"writers"`
+	// IdleWindow is how long the latency section measures pg2kafka's CPU
+	// with an empty queue, before the first rate's writes.
+	IdleWindow jsonDuration `json:"idle_window"`
 	// Variants are measured each right after the run with the suite's own
-	// settings, so that a lever's effect is read within one run.
+	// settings at each rate, so that a lever's effect is read beside its
+	// control within one run.
 	Variants []latencyVariant `json:"variants,omitempty"`
 }
 
@@ -134,8 +141,8 @@ func (d jsonDuration) MarshalText() ([]byte, error) { return []byte(time.Duratio
 
 func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	cfg := &config{args: args}
-	var only, batchSizes, eventSizes, codecs string
-	var timeout, latencyDuration, writeDuration, webhookLatency, idleWindow, isolationDuration time.Duration
+	var only, batchSizes, eventSizes, codecs, latencyRates string
+	var timeout, latencyDuration, latencyIdle, writeDuration, webhookLatency, idleWindow, isolationDuration time.Duration
 
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -158,10 +165,12 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 		return nil
 	})
 	fs.DurationVar(&timeout, "timeout", 10*time.Minute, "longest wait for one drain, or for the latency run's records, before giving up")
-	fs.IntVar(&cfg.Latency.Rate, "latency-rate", 5000, "commits per second of the latency run's writer")
-	fs.DurationVar(&latencyDuration, "latency-duration", 30*time.Second, "length of the latency run")
+	fs.IntVar(&cfg.Latency.Rate, "latency-rate", 5000, "commits per second of the isolation section's writer; given without -latency-rates, also the latency section's one rate")
+	fs.StringVar(&latencyRates, "latency-rates", "1000,5000", "comma-separated commits per second of the latency section's runs, one after another, each with its breakdown and its -latency-variant runs")
+	fs.DurationVar(&latencyDuration, "latency-duration", 30*time.Second, "length of each of the latency section's runs")
+	fs.DurationVar(&latencyIdle, "latency-idle-window", 20*time.Second, "how long the latency section measures pg2kafka's CPU with an empty queue, before its first rate's writes")
 	fs.IntVar(&cfg.Latency.Writers, "latency-writers", 16, "connections the latency run's writer commits through")
-	fs.Func("latency-variant", "`\"NAME KEY=VALUE…\"`: a further latency run with these pg2kafka settings, right after the first, e.g. \"poll5ms POLL_INTERVAL=5ms\"; repeatable", func(v string) error {
+	fs.Func("latency-variant", "`\"NAME KEY=VALUE…\"`: a further latency run at each rate with these pg2kafka settings, right after that rate's run with the suite's own, e.g. \"poll5ms POLL_INTERVAL=5ms\"; repeatable", func(v string) error {
 		lv, err := parseLatencyVariant(v)
 		if err == nil {
 			cfg.Latency.Variants = append(cfg.Latency.Variants, lv)
@@ -211,7 +220,7 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	fs.Visit(func(f *flag.Flag) { cfg.flagsSet[f.Name] = true })
 
 	if cfg.Quick {
-		cfg.quicken(&timeout, &latencyDuration, &writeDuration, &webhookLatency, &idleWindow, &isolationDuration)
+		cfg.quicken(&timeout, &latencyDuration, &latencyIdle, &writeDuration, &webhookLatency, &idleWindow, &isolationDuration)
 	}
 	if cfg.Isolation.Backlogs == nil {
 		cfg.Isolation.Backlogs = []int{100_000, 1_000_000}
@@ -219,6 +228,7 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	cfg.Pinned.IdleWindow = jsonDuration(idleWindow)
 	cfg.Timeout = jsonDuration(timeout)
 	cfg.Latency.Duration = jsonDuration(latencyDuration)
+	cfg.Latency.IdleWindow = jsonDuration(latencyIdle)
 	cfg.Isolation.Duration = jsonDuration(isolationDuration)
 	cfg.Write.Duration = jsonDuration(writeDuration)
 	cfg.Webhook.LatencyDuration = jsonDuration(webhookLatency)
@@ -226,6 +236,12 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	var err error
 	if cfg.Sections, err = parseSections(only); err != nil {
 		return nil, err
+	}
+	if cfg.Latency.Rates, err = parseInts("-latency-rates", latencyRates); err != nil {
+		return nil, err
+	}
+	if cfg.flagsSet["latency-rate"] && !cfg.flagsSet["latency-rates"] {
+		cfg.Latency.Rates = []int{cfg.Latency.Rate}
 	}
 	if cfg.Scaling.BatchSizes, err = parseInts("-batch-sizes", batchSizes); err != nil {
 		return nil, err
@@ -238,7 +254,7 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 }
 
 // quicken shrinks the settings not given explicitly.
-func (c *config) quicken(timeout, latencyDuration, writeDuration, webhookLatency, idleWindow, isolationDuration *time.Duration) {
+func (c *config) quicken(timeout, latencyDuration, latencyIdle, writeDuration, webhookLatency, idleWindow, isolationDuration *time.Duration) {
 	set := func(name string, apply func()) {
 		if !c.flagsSet[name] {
 			apply()
@@ -247,6 +263,7 @@ func (c *config) quicken(timeout, latencyDuration, writeDuration, webhookLatency
 	set("events", func() { c.Events = 50_000 })
 	set("timeout", func() { *timeout = 2 * time.Minute })
 	set("latency-duration", func() { *latencyDuration = 5 * time.Second })
+	set("latency-idle-window", func() { *latencyIdle = 5 * time.Second })
 	set("write-duration", func() { *writeDuration = 5 * time.Second })
 	set("write-rounds", func() { c.Write.Rounds = 1 })
 	set("scale-mb", func() { c.Scaling.MaxMB = 10 })
@@ -308,8 +325,11 @@ func (c *config) validate() error {
 		// The name also names the topics, so it is kept to what needs no quoting anywhere.
 		return fmt.Errorf("-db %q: must be lower-case letters, digits and underscores, not starting with a digit", c.Database)
 	}
-	if c.Timeout <= 0 || c.Latency.Duration <= 0 || c.Write.Duration <= 0 || c.Pinned.IdleWindow <= 0 || c.Isolation.Duration <= 0 {
-		return errors.New("-timeout, -latency-duration, -write-duration, -idle-window and -isolation-duration must be positive")
+	if c.Timeout <= 0 || c.Latency.Duration <= 0 || c.Latency.IdleWindow <= 0 || c.Write.Duration <= 0 || c.Pinned.IdleWindow <= 0 || c.Isolation.Duration <= 0 {
+		return errors.New("-timeout, -latency-duration, -latency-idle-window, -write-duration, -idle-window and -isolation-duration must be positive")
+	}
+	if len(c.Latency.Rates) == 0 {
+		return errors.New("-latency-rates: name at least one rate")
 	}
 	for _, kv := range c.ShipperEnv {
 		key, _, ok := strings.Cut(kv, "=")

@@ -54,26 +54,47 @@ const insertLatencySQL = `INSERT INTO bench_latency (id, customer, status, paylo
 const probeID = 0
 
 func (b *bench) runLatency(ctx context.Context) error {
-	r, err := b.latencyRun(ctx, latencyVariant{})
-	if err != nil {
-		return err
-	}
-	for _, v := range b.cfg.Latency.Variants {
-		vr, err := b.latencyRun(ctx, v)
+	for i, rate := range b.cfg.Latency.Rates {
+		r, err := b.latencyRun(ctx, rate, latencyVariant{}, i == 0)
 		if err != nil {
-			return fmt.Errorf("latency variant %s: %w", v.Name, err)
+			return fmt.Errorf("latency at %d/s: %w", rate, err)
 		}
-		r.Variants = append(r.Variants, *vr)
+		for _, v := range b.cfg.Latency.Variants {
+			vr, err := b.latencyRun(ctx, rate, v, false)
+			if err != nil {
+				return fmt.Errorf("latency variant %s at %d/s: %w", v.Name, rate, err)
+			}
+			r.Variants = append(r.Variants, *vr)
+		}
+		// The first rate's run stays where a single run's always was.
+		if i == 0 {
+			b.report.Latency = r
+		} else {
+			b.report.LatencyRates = append(b.report.LatencyRates, r)
+		}
 	}
-	b.report.Latency = r
 	return nil
 }
 
-// latencyRun measures one run of the latency section, with pg2kafka given
-// v's settings beside the suite's.
-func (b *bench) latencyRun(ctx context.Context, v latencyVariant) (*latencyResult, error) {
+// latencyIdle is pg2kafka's cost with an empty queue, measured by the
+// latency section before its first rate's writes, on the pg2kafka of that
+// run (LOG_LEVEL=debug, as the breakdown needs).
+type latencyIdle struct {
+	WindowSeconds float64 `json:"window_seconds"`
+	// Core is the CPU pg2kafka and its Postgres sessions used over the
+	// window, as a share of one core.
+	Core float64 `json:"core"`
+	// LogLines are the lines pg2kafka wrote over the window, at debug
+	// level: with nothing to ship there should be none.
+	LogLines int64 `json:"log_lines"`
+}
+
+// latencyRun measures one run of the latency section at rate commits per
+// second, with pg2kafka given v's settings beside the suite's. With idle,
+// it first measures pg2kafka's idle cost with the queue empty.
+func (b *bench) latencyRun(ctx context.Context, rate int, v latencyVariant, idle bool) (*latencyResult, error) {
 	cfg := b.cfg.Latency
-	total := int(float64(cfg.Rate) * time.Duration(cfg.Duration).Seconds())
+	total := int(float64(rate) * time.Duration(cfg.Duration).Seconds())
 	if err := truncate(ctx, b.pool, latencyTable, "pg2kafka.outbound_event_queue"); err != nil {
 		return nil, err
 	}
@@ -98,11 +119,16 @@ func (b *bench) latencyRun(ctx context.Context, v latencyVariant) (*latencyResul
 	if err := b.warmUp(ctx, consumer); err != nil {
 		return nil, err
 	}
+	if idle {
+		if b.report.LatencyIdle, err = b.measureIdle(ctx, shipper, times); err != nil {
+			return nil, err
+		}
+	}
 
 	sampler := sampleDepth(ctx, b.pool, time.Second)
 	defer sampler.stop()
-	b.log.Info("writing at a fixed rate", "rate", cfg.Rate, "duration", time.Duration(cfg.Duration), "writers", cfg.Writers, "variant", v.Name)
-	commits, writeTime, err := b.writeAtRate(ctx, cfg.Rate, total, base)
+	b.log.Info("writing at a fixed rate", "rate", rate, "duration", time.Duration(cfg.Duration), "writers", cfg.Writers, "variant", v.Name)
+	commits, writeTime, err := b.writeAtRate(ctx, rate, total, base)
 	if err != nil {
 		return nil, err
 	}
@@ -120,7 +146,7 @@ func (b *bench) latencyRun(ctx context.Context, v latencyVariant) (*latencyResul
 	}
 
 	r := latencyResult{
-		TargetRate:   cfg.Rate,
+		TargetRate:   rate,
 		Writers:      cfg.Writers,
 		Committed:    total,
 		WriteSeconds: writeTime.Seconds(),
@@ -133,11 +159,46 @@ func (b *bench) latencyRun(ctx context.Context, v latencyVariant) (*latencyResul
 	arrived := consumer.stop()
 	r.Breakdown, r.Timed = times.breakdown(commits, arrived, consumer.uuids)
 	r.addLatencies(commits, arrived)
-	b.log.Info("latency", "variant", v.Name, "p50_ms", r.P50Ms, "p99_ms", r.P99Ms, "max_ms", r.MaxMs, "achieved_rate", int(r.AchievedRate), "max_queue_depth", r.MaxDepth, "missing", r.Missing)
+	b.log.Info("latency", "rate", rate, "variant", v.Name, "p50_ms", r.P50Ms, "p99_ms", r.P99Ms, "max_ms", r.MaxMs, "achieved_rate", int(r.AchievedRate), "max_queue_depth", r.MaxDepth, "missing", r.Missing)
 	for _, s := range r.Breakdown {
-		b.log.Info("latency breakdown", "variant", v.Name, "stage", s.Stage, "p50_ms", s.P50Ms, "p99_ms", s.P99Ms, "max_ms", s.MaxMs)
+		b.log.Info("latency breakdown", "rate", rate, "variant", v.Name, "stage", s.Stage, "p50_ms", s.P50Ms, "p99_ms", s.P99Ms, "max_ms", s.MaxMs)
 	}
 	return &r, nil
+}
+
+// measureIdle waits for the probe row's delete, gives the polls a moment to
+// reach their longest wait, as the pinned section does, then measures the
+// CPU of shipper and its sessions over -latency-idle-window.
+func (b *bench) measureIdle(ctx context.Context, shipper *process, times *batchTimes) (*latencyIdle, error) {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		empty, err := queueEmpty(ctx, b.pool)
+		if err != nil {
+			return nil, err
+		}
+		if empty {
+			break
+		}
+		if time.Now().After(deadline) {
+			return nil, errors.New("the queue was not empty within 10s of the probe row's arrival")
+		}
+		if err := sleepUntil(ctx, time.Now().Add(10*time.Millisecond)); err != nil {
+			return nil, err
+		}
+	}
+	if err := sleepUntil(ctx, time.Now().Add(2*time.Second)); err != nil {
+		return nil, err
+	}
+	window := time.Duration(b.cfg.Latency.IdleWindow)
+	b.log.Info("measuring idle CPU with an empty queue", "window", window)
+	lines := times.lines.Load()
+	core, err := b.idleCore(ctx, shipper, window)
+	if err != nil {
+		return nil, err
+	}
+	r := &latencyIdle{WindowSeconds: window.Seconds(), Core: core, LogLines: times.lines.Load() - lines}
+	b.log.Info("idle", "core", fmt.Sprintf("%.1f%%", 100*core), "log_lines", r.LogLines)
+	return r, nil
 }
 
 // addLatencies sums up arrival minus commit of rows 1..len-1, both indexed

@@ -6,8 +6,9 @@
 //     with 1, 2 and 4 workers;
 //  2. drain:   how fast the pg2kafka binary drains a full queue onto Kafka,
 //     counted by the topic's end offsets, and its peak RSS meanwhile;
-//  3. latency: commit→consumer latency while rows are written at a fixed
-//     rate, and whether the queue stays short;
+//  3. latency: pg2kafka's idle CPU with an empty queue, then commit→consumer
+//     latency, with its breakdown, while rows are written at each of
+//     -latency-rates in turn, and whether the queue stays short;
 //  4. write:   what the trigger costs a writer, against no trigger and a
 //     minimal outbox trigger;
 //  5. scaling: the drain rate across batch sizes and event sizes;
@@ -34,7 +35,7 @@
 //	go run ./script/bench                   # the full suite, several minutes
 //	go run ./script/bench -only drain,latency
 //	go run ./script/bench -shipper-env POLL_INTERVAL=5ms -only latency
-//	go run ./script/bench -only latency -latency-rate 1000 -latency-variant "poll5ms POLL_INTERVAL=5ms"
+//	go run ./script/bench -only latency -latency-rates 1000,5000 -latency-variant "poll5ms POLL_INTERVAL=5ms"
 //	go run ./script/bench -only drain -cpuprofile cpu.pprof
 //	go run ./script/bench -quick -only webhook,rabbitmq
 //

@@ -305,15 +305,18 @@ WITH snap AS MATERIALIZED (
 SELECT snap.xmin, snap.xmax, CASE WHEN d.id IS NOT NULL THEN pg_current_xact_id_if_assigned()::text::int8 END, d.*
 FROM snap LEFT JOIN deleted AS d ON true`
 
-// claimTx begins a claim's transaction, in the same round trip, with
-// sequential scans left out of its plans. The claim's prepared statement
-// keeps a generic plan after five runs, and one made while the queue was
-// empty, as when a shipper idles, scanned the whole table and sorted it;
-// kept once a bulk load had queued thousands of events, it read the whole
-// queue again on every claim of their drain. Only within the claim's
-// transaction: a plan that cannot do without a sequential scan costs so
-// much with them off that Postgres compiles it (JIT), every time.
-var claimTx = pgx.TxOptions{BeginQuery: "BEGIN; SET LOCAL enable_seqscan = off"}
+// noSeqScanSQL leaves sequential scans out of the plans of a claim's
+// transaction. The claim's prepared statement keeps a generic plan after
+// five runs, and one made while the queue was empty, as when a shipper
+// idles, scanned the whole table and sorted it; kept once a bulk load had
+// queued thousands of events, it read the whole queue again on every claim
+// of their drain. Only within the claim's transaction: a plan that cannot
+// do without a sequential scan costs so much with them off that Postgres
+// compiles it (JIT), every time.
+const noSeqScanSQL = "SET LOCAL enable_seqscan = off"
+
+// claimTx begins a transaction planned as a claim's, in one round trip.
+var claimTx = pgx.TxOptions{BeginQuery: "BEGIN; " + noSeqScanSQL}
 
 // scanEvent scans a row of claimSQL's result, in its order, and gives an
 // event queued without a uuid its derived one; it reports false for the row
@@ -379,14 +382,24 @@ func (c *Claimer) Claim(ctx context.Context, limit int, except []Table) (*Batch,
 	lanes, schemas, names := c.claimArgs(except)
 	qctx, cancel := c.roundTrip(ctx)
 	defer cancel()
-	tx, err := c.conn.BeginTx(qctx, claimTx)
-	if err != nil {
-		return nil, fmt.Errorf("outbox: claim: %w", err)
-	}
 	c.siblings = c.queue.otherClaims(c, c.siblings[:0])
-	rows, err := tx.Query(qctx, claimSQL, limit, lanes, schemas, names, from, c.siblings)
+	// The transaction's BEGIN, its setting and the claim go in one round
+	// trip: a worker that waits on each in turn waits three times as long,
+	// and an event committed meanwhile with it.
+	var claim pgx.Batch
+	claim.BeginTx(pgx.TxOptions{})
+	claim.Queue(noSeqScanSQL)
+	claim.Queue(claimSQL, limit, lanes, schemas, names, from, c.siblings)
+	results := c.conn.SendBatch(qctx, &claim)
+	tx := results.Tx()
+	_, err := results.Exec()
+	if err == nil {
+		_, err = results.Exec()
+	}
 	events := c.scratch.events[:0]
 	if err == nil {
+		var rows pgx.Rows
+		rows, err = results.Query()
 		for err == nil && rows.Next() {
 			var e Event
 			var ok bool
@@ -394,10 +407,15 @@ func (c *Claimer) Claim(ctx context.Context, limit int, except []Table) (*Batch,
 				events = append(events, e)
 			}
 		}
-		rows.Close()
-		if err == nil {
-			err = rows.Err()
+		if rows != nil {
+			rows.Close()
+			if err == nil {
+				err = rows.Err()
+			}
 		}
+	}
+	if closeErr := results.Close(); err == nil {
+		err = closeErr
 	}
 	if err != nil {
 		_ = tx.Rollback(context.WithoutCancel(ctx))

@@ -186,7 +186,7 @@ func coreSettings() []setting {
 			help:  "SASL password; never shown in errors or logs. Prefer the variable to the flag, which other users can see in ps. Default: none.",
 			parse: func(c *Config, v string) error { c.Kafka.SASLPassword = v; return nil }},
 		{env: []string{"POLL_INTERVAL"}, flag: "poll-interval", def: "50ms",
-			help:  "Longest a worker waits before looking for events again after finding none (the wait starts at 2ms and doubles while none come); after any event it looks again at once.",
+			help:  "Longest a worker waits before looking for events again after finding none (the wait starts at 1ms and doubles while none come); after any event it looks again at once.",
 			parse: durationInto(func(c *Config) *time.Duration { return &c.PollInterval })},
 		{env: []string{"SEND_TIMEOUT"}, flag: "send-timeout", def: "30s",
 			help:  "Longest a batch waits for Kafka's acknowledgements before it is rolled back and retried. It may be longer than LANE_TAKEOVER_TIMEOUT: a worker waiting for Kafka keeps its claim alive.",

@@ -466,3 +466,86 @@ func TestAClaimPlannedOnAnEmptyQueueStillWalksTheIndexOnceItFills(t *testing.T) 
 		t.Fatalf("shipped %d events, want %d", len(s.shipped), backlog)
 	}
 }
+
+// pending asks the claimer whether a claim could find anything.
+func pending(t *testing.T, c *outbox.Claimer) bool {
+	t.Helper()
+	p, err := c.Pending(t.Context(), nil)
+	if err != nil {
+		t.Fatalf("Pending: %v", err)
+	}
+	return p
+}
+
+// idleUntilNothingPending polls the empty queue as an idle shipper does,
+// claims included, until Pending says a claim would find nothing, and
+// fails the test if that takes longer than a few seconds.
+func (s *shipper) idleUntilNothingPending(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for pending(t, s.c) {
+		if time.Now().After(deadline) {
+			t.Fatal("Pending still says a claim may find events after 5s of claims that found none")
+		}
+		s.drain(t, 100)
+	}
+}
+
+// An idle shipper reads the id sequence instead of claiming (Pending): it
+// must say "nothing" only when a claim would find nothing, however events
+// are written, and it must say it once the queue has been idle a moment,
+// or it saves nothing.
+func TestPendingSaysNothingOnlyWhenAClaimWouldFindNothing(t *testing.T) {
+	t.Parallel()
+	b := setup(t,
+		`CREATE TABLE items (id int PRIMARY KEY)`,
+		`SELECT pg2kafka.setup('items', 'id')`,
+	)
+	s := &shipper{c: b.claimer(t)}
+	s.c.SetProbeInterval(time.Millisecond)
+	rebalance(t, s.c)
+	if !pending(t, s.c) {
+		t.Fatal("Pending says nothing before the claimer has claimed at all")
+	}
+
+	b.exec(t, `INSERT INTO items SELECT generate_series(1, 3)`)
+	s.drain(t, 100)
+	s.idleUntilNothingPending(t)
+
+	// A writer that has taken its event's id but not committed: a claim
+	// finds nothing yet, but one after its commit must be made.
+	writer, _ := b.connect(t)
+	if _, err := writer.Exec(b.ctx, `BEGIN`); err != nil {
+		t.Fatal(err)
+	}
+	writeAlone(t, writer, `INSERT INTO items VALUES (4)`)
+	if !pending(t, s.c) {
+		t.Fatal("Pending says nothing while a writer holds an event id it has not committed")
+	}
+	s.drain(t, 100)
+	if _, err := writer.Exec(b.ctx, `COMMIT`); err != nil {
+		t.Fatal(err)
+	}
+	if !pending(t, s.c) {
+		t.Fatal("Pending says nothing with an event committed and not yet claimed")
+	}
+	s.drain(t, 100)
+
+	// A rolled-back write leaves a gap in the ids and no event.
+	s.idleUntilNothingPending(t)
+	writeAlone(t, writer, `BEGIN; INSERT INTO items VALUES (5); ROLLBACK`)
+	s.idleUntilNothingPending(t)
+	b.exec(t, `INSERT INTO items VALUES (6)`)
+	if !pending(t, s.c) {
+		t.Fatal("Pending says nothing after a rolled-back write and a committed one")
+	}
+	s.drain(t, 100)
+
+	var keys []string
+	for _, e := range s.shipped {
+		keys = append(keys, *e.ExternalID)
+	}
+	if want := []string{"1", "2", "3", "4", "6"}; !slices.Equal(keys, want) {
+		t.Fatalf("shipped the events of items %v, want %v", keys, want)
+	}
+}

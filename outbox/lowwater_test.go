@@ -317,9 +317,7 @@ func TestTheFirstEventsOfANewQueueAreClaimed(t *testing.T) {
 		`CREATE TABLE items (id int PRIMARY KEY)`,
 		`SELECT pg2kafka.setup('items', 'id')`,
 	)
-	s := &shipper{c: b.claimer(t)}
-	s.c.SetProbeInterval(time.Millisecond)
-	rebalance(t, s.c)
+	s := b.soleShipper(t)
 	// Idle polls of a queue that has never held an event, probes included.
 	for range 5 {
 		s.drain(t, 100)
@@ -467,6 +465,16 @@ func TestAClaimPlannedOnAnEmptyQueueStillWalksTheIndexOnceItFills(t *testing.T) 
 	}
 }
 
+// soleShipper returns the queue's only shipper, owning every lane, whose
+// claimer probes the id sequence without waiting.
+func (b *bundle) soleShipper(t *testing.T) *shipper {
+	t.Helper()
+	s := &shipper{c: b.claimer(t)}
+	s.c.SetProbeInterval(time.Millisecond)
+	rebalance(t, s.c)
+	return s
+}
+
 // pending asks the claimer whether a claim could find anything.
 func pending(t *testing.T, c *outbox.Claimer) bool {
 	t.Helper()
@@ -501,9 +509,7 @@ func TestPendingSaysNothingOnlyWhenAClaimWouldFindNothing(t *testing.T) {
 		`CREATE TABLE items (id int PRIMARY KEY)`,
 		`SELECT pg2kafka.setup('items', 'id')`,
 	)
-	s := &shipper{c: b.claimer(t)}
-	s.c.SetProbeInterval(time.Millisecond)
-	rebalance(t, s.c)
+	s := b.soleShipper(t)
 	if !pending(t, s.c) {
 		t.Fatal("Pending says nothing before the claimer has claimed at all")
 	}

@@ -258,6 +258,14 @@ FROM pg2kafka.outbound_event_queue_id_seq AS s`
 // holds the first it will.
 const lastIDSQL = `SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM pg2kafka.outbound_event_queue_id_seq`
 
+// pendingSQL is lastIDSQL that also fails, as a claim would, when the
+// queue cannot be read: the scalar subquery reads no row, but needs the
+// table and the right to read it, so that a queue gone or out of reach is
+// reported while the shipper idles, not at its next event.
+const pendingSQL = `SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END,
+       (SELECT 1 FROM pg2kafka.outbound_event_queue LIMIT 0)
+FROM pg2kafka.outbound_event_queue_id_seq`
+
 // Pending reports whether a claim skipping except may find events: false
 // only when no event id has been handed out at or past the low-water id the
 // claim would read from, so that it would find nothing. One read of the id
@@ -278,7 +286,8 @@ func (c *Claimer) Pending(ctx context.Context, except []Table) (bool, error) {
 	ctx, cancel := c.roundTrip(ctx)
 	defer cancel()
 	var last int64
-	err := c.conn.QueryRow(ctx, lastIDSQL).Scan(&last)
+	var none *int32
+	err := c.conn.QueryRow(ctx, pendingSQL).Scan(&last, &none)
 	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok && pgErr.Code == "42501" {
 		return true, nil // the next claim's probe says what to grant
 	}

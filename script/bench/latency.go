@@ -45,6 +45,8 @@ type latencyResult struct {
 	Timed     int           `json:"timed,omitempty"`
 	// Variants are the -latency-variant runs, each right after this one.
 	Variants []latencyResult `json:"variants,omitempty"`
+	// Floor is the physical line at the same rate, after the variants.
+	Floor *floorResult `json:"floor,omitempty"`
 }
 
 const insertLatencySQL = `INSERT INTO bench_latency (id, customer, status, payload) VALUES ($1, $2, 'pending', $3)`
@@ -65,6 +67,9 @@ func (b *bench) runLatency(ctx context.Context) error {
 				return fmt.Errorf("latency variant %s at %d/s: %w", v.Name, rate, err)
 			}
 			r.Variants = append(r.Variants, *vr)
+		}
+		if r.Floor, err = b.runFloor(ctx, rate); err != nil {
+			return fmt.Errorf("latency's physical line at %d/s: %w", rate, err)
 		}
 		// The first rate's run stays where a single run's always was.
 		if i == 0 {
@@ -95,12 +100,8 @@ type latencyIdle struct {
 func (b *bench) latencyRun(ctx context.Context, rate int, v latencyVariant, idle bool) (*latencyResult, error) {
 	cfg := b.cfg.Latency
 	total := int(float64(rate) * time.Duration(cfg.Duration).Seconds())
-	if err := truncate(ctx, b.pool, latencyTable, "pg2kafka.outbound_event_queue"); err != nil {
-		return nil, err
-	}
-	topic := b.topic(latencyTable)
-	b.deleteTopic(ctx, topic) // the last run's records would count as this one's
-	if err := b.createTopic(ctx, topic); err != nil {
+	topic, err := b.freshLatencyTopic(ctx)
+	if err != nil {
 		return nil, err
 	}
 

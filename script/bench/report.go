@@ -351,6 +351,7 @@ func (r *report) latencyRows() []row {
 			rows = append(rows, row{Measure: fmt.Sprintf("events not consumed within -timeout at %s/s", rate), Value: thousands(l.Missing)})
 		}
 		rows = append(rows, l.breakdownRows("")...)
+		rows = append(rows, l.floorRows()...)
 		for _, v := range l.Variants {
 			ratio := ""
 			if l.P99Ms > 0 {
@@ -362,6 +363,34 @@ func (r *report) latencyRows() []row {
 			})
 			rows = append(rows, v.breakdownRows(v.Variant)...)
 		}
+	}
+	return rows
+}
+
+// floorRows are the physical line's rows beside a rate's run, with
+// pg2kafka's figures as multiples of the spinning outbox's.
+func (l *latencyResult) floorRows() []row {
+	f := l.Floor
+	if f == nil {
+		return nil
+	}
+	rate := thousands(l.TargetRate)
+	line := func(what string, x latencyFigures) row {
+		value := fmt.Sprintf("%.1f / %.1f / %.1f ms; %s commits/s", x.P50Ms, x.P99Ms, x.MaxMs, thousands(int64(x.AchievedRate)))
+		if x.Missing > 0 {
+			value += fmt.Sprintf(", %s missing", thousands(int64(x.Missing)))
+		}
+		return row{Measure: fmt.Sprintf("physical line at %s/s: %s, p50 / p99 / max", rate, what), Value: value}
+	}
+	rows := []row{
+		line("a polling outbox with no waits (one connection spinning on claim-and-delete, commit after ack)", f.Outbox),
+		line("the broker alone (a record per row produced at the rate, produce → consumer)", f.Broker),
+	}
+	if f.Outbox.P99Ms > 0 && f.Outbox.MaxMs > 0 {
+		rows = append(rows, row{
+			Measure: fmt.Sprintf("pg2kafka ÷ the polling outbox with no waits at %s/s, p99 / max", rate),
+			Value:   fmt.Sprintf("%.2f× / %.2f×", l.P99Ms/f.Outbox.P99Ms, l.MaxMs/f.Outbox.MaxMs),
+		})
 	}
 	return rows
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -48,6 +49,12 @@ type Queue struct {
 	// asks whether a candidate's writers have ended (lowwater.go).
 	openClaimsMu sync.Mutex
 	openClaims   map[*Claimer]int64
+	// readings is the newest read of the id sequence by its claimers and
+	// its watcher; watched is true while Watch waits in Postgres.
+	readings idReadings
+	watched  atomic.Bool
+	// watchRetry, if set, replaces watchRetry, for tests.
+	watchRetry time.Duration
 }
 
 // claimOpened notes the transaction id of c's open claim.
@@ -106,6 +113,9 @@ type Claimer struct {
 	// siblings is reused for the transaction ids of the process's other
 	// open claims.
 	siblings []int64
+	// seen is the generation of the queue's readings of the id sequence as
+	// of the claimer's last claim or look (see Advanced).
+	seen uint64
 }
 
 // NewClaimer returns a claimer for q; it connects on first use. Its lanes
@@ -371,6 +381,7 @@ func (c *Claimer) Claim(ctx context.Context, limit int, except []Table) (*Batch,
 		return &Batch{}, nil
 	}
 	now := time.Now()
+	c.seen = c.queue.readings.get().gen
 	c.low.begin(c.conn, except, now)
 	if err := c.probe(ctx, now); err != nil {
 		return nil, err

@@ -108,3 +108,7 @@ func (c *Claimer) ExplainPrepared(ctx context.Context, statement, args string) (
 // MoveToDeadLetterSQL is the statement that moves refused events to the
 // dead-letter table.
 const MoveToDeadLetterSQL = moveToDeadLetterSQL
+
+// SetWatchRetry sets how long Watch waits after an error before it tries
+// again, so that a test need not wait the default.
+func (q *Queue) SetWatchRetry(d time.Duration) { q.watchRetry = d }

@@ -59,7 +59,9 @@ func (h Horizon) Age(now time.Time) time.Duration {
 // (pg2kafka_shipper, unless a member of pg_read_all_stats) sees that
 // session's snapshot but not its kind, state or start: such a session is
 // counted all the same, since missing a pg_dump run by the owner is worse
-// than taking another role's long vacuum for a session.
+// than taking another role's long vacuum for a session. A shipper's watcher,
+// waiting in Postgres for events (Queue.Watch), is left out too: its
+// snapshot lasts a second at most and is renewed, so it holds nothing back.
 const horizonSQL = `
 WITH holders AS (
     SELECT 'session' AS holder,
@@ -68,6 +70,7 @@ WITH holders AS (
     FROM pg_stat_activity
     WHERE datname = current_database() AND pid <> pg_backend_pid() AND coalesce(backend_type, 'client backend') = 'client backend'
       AND (backend_xmin IS NOT NULL OR backend_xid IS NOT NULL)
+      AND NOT (state = 'active' AND backend_xid IS NULL AND starts_with(query, '` + awaitCall + `'))
     UNION ALL
     SELECT 'prepared transaction', transaction, prepared, 0, gid, '', NULL
     FROM pg_prepared_xacts WHERE database = current_database()

@@ -270,7 +270,9 @@ FROM pg2kafka.outbound_event_queue_id_seq`
 // only when no event id has been handed out at or past the low-water id the
 // claim would read from, so that it would find nothing. One read of the id
 // sequence, for a claimer that keeps finding nothing: half the round trips
-// of an empty claim, and none of its planning and locking.
+// of an empty claim, and none of its planning and locking. A read that finds
+// ids handed out since the queue's last read wakes its other claimers
+// (Advanced).
 func (c *Claimer) Pending(ctx context.Context, except []Table) (bool, error) {
 	if err := c.connect(ctx); err != nil {
 		return false, err
@@ -285,6 +287,7 @@ func (c *Claimer) Pending(ctx context.Context, except []Table) (bool, error) {
 	}
 	ctx, cancel := c.roundTrip(ctx)
 	defer cancel()
+	seen := c.queue.readings.get().gen
 	var last int64
 	var none *int32
 	err := c.conn.QueryRow(ctx, pendingSQL).Scan(&last, &none)
@@ -295,7 +298,22 @@ func (c *Claimer) Pending(ctx context.Context, except []Table) (bool, error) {
 		return false, fmt.Errorf("outbox: read the queue's id sequence: %w", err)
 	}
 	c.heard()
+	// What was read while this read was under way is not known to have
+	// been seen by it: only its own news counts as seen.
+	if c.queue.readings.note(last) {
+		seen++
+	}
+	c.seen = seen
 	return last >= from, nil
+}
+
+// Advanced returns a channel that is closed once the queue's watcher (see
+// Queue.Watch), or another of its claimers in Pending, has read that event
+// ids were handed out since this claimer last claimed or looked: a claimer
+// waiting in its idle loop is woken by news of events, not at its own next
+// look.
+func (c *Claimer) Advanced() <-chan struct{} {
+	return c.queue.readings.advancedSince(c.seen)
 }
 
 // probe gives a claimer whose claims find nothing, or which has just started

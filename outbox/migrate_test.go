@@ -46,7 +46,8 @@ const appliedAll = "level=INFO msg=\"applied migration\" version=1 file=00001_ou
 	"level=INFO msg=\"applied migration\" version=8 file=00008_full_row.sql\n" +
 	"level=INFO msg=\"applied migration\" version=9 file=00009_setup_notice.sql\n" +
 	"level=INFO msg=\"applied migration\" version=10 file=00010_claim_sequence.sql\n" +
-	"level=INFO msg=\"applied migration\" version=11 file=00011_emit.sql\n"
+	"level=INFO msg=\"applied migration\" version=11 file=00011_emit.sql\n" +
+	"level=INFO msg=\"applied migration\" version=12 file=00012_await_event_ids.sql\n"
 
 type gooseVersion struct {
 	VersionID int64 `db:"version_id"`
@@ -55,7 +56,7 @@ type gooseVersion struct {
 
 // allVersions is what Goose's version table holds once every migration is
 // applied.
-var allVersions = []gooseVersion{{0, true}, {1, true}, {2, true}, {3, true}, {4, true}, {5, true}, {6, true}, {7, true}, {8, true}, {9, true}, {10, true}, {11, true}}
+var allVersions = []gooseVersion{{0, true}, {1, true}, {2, true}, {3, true}, {4, true}, {5, true}, {6, true}, {7, true}, {8, true}, {9, true}, {10, true}, {11, true}, {12, true}}
 
 // requireVersions fails the test unless Goose's version table holds want.
 func requireVersions(t *testing.T, ctx context.Context, pool *pgxpool.Pool, want ...gooseVersion) {
@@ -95,6 +96,7 @@ func schemaObjects(t *testing.T, ctx context.Context, pool *pgxpool.Pool) []stri
 
 var latestObjects = []string{
 	"S outbound_event_queue_id_seq",
+	"function pg2kafka.await_event_ids(bigint,integer,integer)",
 	"function pg2kafka.backfill(regclass,integer)",
 	"function pg2kafka.backfill_chunk(regclass,integer)",
 	"function pg2kafka.emit(text,text,json,jsonb)",

@@ -22,6 +22,7 @@ import (
 // every migration is applied: all the shipper needs, and nothing more.
 var shipperPrivileges = []string{
 	"DELETE ON pg2kafka.outbound_event_queue",
+	"EXECUTE ON FUNCTION pg2kafka.await_event_ids(bigint,integer,integer)",
 	"EXECUTE ON FUNCTION pg2kafka.event_uuid(bigint,timestamp with time zone)",
 	"INSERT ON pg2kafka.dead_letter_events",
 	"SELECT (table_name) ON pg2kafka.dead_letter_events",
@@ -112,8 +113,9 @@ func TestShipperRoleHoldsExactlyWhatTheShipperNeeds(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// await_event_ids() is how an idle shipper waits for events;
 	// event_uuid() gives a dead letter the uuid it was shipped with.
-	if want := []string{"pg2kafka.event_uuid(bigint,timestamp with time zone)"}; !slices.Equal(callable, want) {
+	if want := []string{"pg2kafka.await_event_ids(bigint,integer,integer)", "pg2kafka.event_uuid(bigint,timestamp with time zone)"}; !slices.Equal(callable, want) {
 		t.Errorf("pg2kafka_shipper may call %q, want %q; REVOKE EXECUTE … FROM PUBLIC for functions the shipper does not call", callable, want)
 	}
 }

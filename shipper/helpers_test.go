@@ -38,6 +38,9 @@ type bundle struct {
 	admin    *kadm.Client
 	logs     *syncBuffer
 	shipper  *shipper.Shipper // the last one started
+	// shipperPool, if set, is the pool shippers are started on, in place
+	// of pool.
+	shipperPool *pgxpool.Pool
 }
 
 func setup(t *testing.T, opts ...kfake.Opt) *bundle {
@@ -115,7 +118,11 @@ func (b *bundle) startWith(cfg shipper.Config, sink shipper.Sink) (stop func()) 
 	cfg.Logger = slog.New(slog.NewTextHandler(b.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	s := shipper.New(cfg, outbox.NewQueue(b.pool), sink)
+	pool := b.pool
+	if b.shipperPool != nil {
+		pool = b.shipperPool
+	}
+	s := shipper.New(cfg, outbox.NewQueue(pool), sink)
 	b.shipper = s
 	go func() { done <- s.Run(ctx) }()
 	stop = sync.OnceFunc(func() {

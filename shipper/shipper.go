@@ -31,9 +31,14 @@ type Config struct {
 	// Workers is how many batches are in flight at once, each from its own
 	// share of the lanes over its own connection. Default 2.
 	Workers int
-	// PollInterval is the longest a worker waits before looking again when
-	// it found its lanes empty: the wait starts at 1ms and doubles while they
-	// stay empty. After any event it looks again at once. Default 50ms.
+	// PollInterval is how often the shipper's watcher checks, inside
+	// Postgres, whether event ids were handed out (outbox.Queue.Watch): the
+	// workers of an idle shipper wait for its news rather than polling. It is
+	// also the longest a worker waits before claiming again when it found
+	// its lanes empty while an event id it could find was handed out, or
+	// while the watcher cannot wait: the wait starts at 1ms and doubles
+	// while they stay empty. After any event a worker looks again at once.
+	// Default 20ms.
 	PollInterval time.Duration
 	// RebalanceInterval is how often a worker checks that it owns its fair
 	// share of the lanes, which is also how soon the lanes of a shipper that
@@ -84,7 +89,7 @@ func (c *Config) withDefaults() Config {
 		out.Workers = 2
 	}
 	if out.PollInterval <= 0 {
-		out.PollInterval = 50 * time.Millisecond
+		out.PollInterval = 20 * time.Millisecond
 	}
 	if out.LaneTakeoverTimeout <= 0 {
 		out.LaneTakeoverTimeout = outbox.DefaultLaneTakeoverTimeout
@@ -179,11 +184,19 @@ func (s *Shipper) Run(ctx context.Context) error {
 	logsDone := make(chan struct{})
 	logCtx, stopLogs := context.WithCancel(context.WithoutCancel(ctx))
 	go func() { defer close(logsDone); s.pauses.run(logCtx) }()
+	watchDone := make(chan struct{})
+	watchCtx, stopWatching := context.WithCancel(ctx)
+	go func() {
+		defer close(watchDone)
+		s.queue.Watch(watchCtx, s.cfg.PollInterval, s.cfg.Logger.With(slog.String("component", "watch")))
+	}()
 	var wg sync.WaitGroup
 	for _, w := range workers {
 		wg.Go(func() { w.run(ctx) })
 	}
 	wg.Wait()
+	stopWatching()
+	<-watchDone
 	stopLogs()
 	<-logsDone
 	return nil
@@ -211,8 +224,11 @@ type worker struct {
 	// balanced is false while the worker is owed lanes that others are
 	// releasing; it then rebalances on every step rather than every
 	// RebalanceInterval, so that handing lanes over takes milliseconds.
-	balanced     bool
-	deadLettered *atomic.Int64
+	balanced bool
+	// nothingPending is set by a step whose look found no event id handed
+	// out that its claim could find.
+	nothingPending bool
+	deadLettered   *atomic.Int64
 	// state is what State reports of the worker; failed is true after a
 	// step that met a database error, until one that did not.
 	state  workerState
@@ -238,9 +254,11 @@ func (w *worker) run(ctx context.Context) {
 	defer w.claimer.Close(context.WithoutCancel(ctx))
 	idle := minPollInterval
 	waited := time.Duration(0)
+	woken := false
 	for ctx.Err() == nil {
-		claimed, err := w.step(ctx, waited >= lookAfterWait)
-		waited = 0
+		// Woken by news of events, it claims at once.
+		claimed, err := w.step(ctx, waited >= min(lookAfterWait, w.cfg.PollInterval) && !woken)
+		waited, woken = 0, false
 		if err != nil && ctx.Err() == nil {
 			w.state.note(nil, err)
 			w.failed = true
@@ -254,10 +272,27 @@ func (w *worker) run(ctx context.Context) {
 			delay := w.dbRetry.fail()
 			w.logger.Error("shipping stopped by a database error; retrying", slog.Any("error", err), slog.Duration("retry_in", delay))
 			w.wait(ctx, delay)
+		case claimed == 0 && w.nothingPending && w.balanced && w.claimer.Watched():
+			// No event id a claim could find has been handed out, and the
+			// queue's watcher will say when one is: until then there is
+			// nothing to do but the next rebalance.
+			waited = time.Until(w.lastRebalance.Add(w.cfg.RebalanceInterval))
+			if woken = w.waitOrWake(ctx, waited, w.claimer.Advanced()); woken {
+				idle = minPollInterval
+			}
 		case claimed == 0:
 			waited = min(idle, w.cfg.PollInterval)
-			w.wait(ctx, waited)
-			idle = min(2*idle, w.cfg.PollInterval)
+			var advanced <-chan struct{}
+			if waited >= min(lookAfterWait, w.cfg.PollInterval) {
+				// The next step looks first: news of events, from the
+				// watcher or another worker's look, answers it sooner.
+				advanced = w.claimer.Advanced()
+			}
+			if woken = w.waitOrWake(ctx, waited, advanced); woken {
+				idle = minPollInterval
+			} else {
+				idle = min(2*idle, w.cfg.PollInterval)
+			}
 		default:
 			idle = minPollInterval
 		}
@@ -284,9 +319,11 @@ func (w *worker) step(ctx context.Context, look bool) (int, error) {
 func (w *worker) shipBatch(ctx context.Context, look bool) (int, error) {
 	claimStart := time.Now()
 	except := w.pauses.except(claimStart)
+	w.nothingPending = false
 	if look {
 		pending, err := w.claimer.Pending(ctx, except)
 		if err != nil || !pending {
+			w.nothingPending = err == nil
 			return 0, err
 		}
 	}
@@ -654,20 +691,26 @@ func (r *retryState) succeed() { r.failures = 0 }
 // wait waits for d or until ctx ends, keeping the worker's session, and with
 // it its lanes, alive meanwhile: only a worker that stopped altogether must
 // lose them.
-func (w *worker) wait(ctx context.Context, d time.Duration) {
+func (w *worker) wait(ctx context.Context, d time.Duration) { w.waitOrWake(ctx, d, nil) }
+
+// waitOrWake is wait that ends early, and says so, once wake is closed.
+func (w *worker) waitOrWake(ctx context.Context, d time.Duration, wake <-chan struct{}) (woken bool) {
 	for end := time.Now().Add(d); ctx.Err() == nil; {
 		left := time.Until(end)
 		if left <= 0 {
-			return
+			return false
 		}
-		sleep(ctx, min(left, w.claimer.KeepAliveInterval()))
+		if !sleep(ctx, min(left, w.claimer.KeepAliveInterval()), wake) {
+			return ctx.Err() == nil
+		}
 		if ctx.Err() != nil {
-			return
+			return false
 		}
 		// A session that is gone is found, and its loss logged, by the
 		// next claim.
 		_ = w.claimer.KeepAlive(ctx)
 	}
+	return false
 }
 
 // send sends msgs while keeping the batch's claim alive: a claim that
@@ -695,12 +738,16 @@ func (w *worker) send(ctx context.Context, msgs []Message) []error {
 	}
 }
 
-// sleep waits for d or until ctx ends.
-func sleep(ctx context.Context, d time.Duration) {
+// sleep waits for d, and says so, or until ctx ends or wake is closed.
+func sleep(ctx context.Context, d time.Duration, wake <-chan struct{}) (slept bool) {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():
+		return false
+	case <-wake:
+		return false
 	case <-t.C:
+		return true
 	}
 }

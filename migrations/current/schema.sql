@@ -117,6 +117,29 @@ CREATE TABLE pg2kafka.tracked_tables (
 
 -- FUNCTIONS
 
+CREATE OR REPLACE FUNCTION pg2kafka.await_event_ids(after bigint, timeout_ms integer, check_ms integer)
+ RETURNS bigint
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    deadline timestamptz := clock_timestamp() + make_interval(secs => least(greatest(timeout_ms, 0), 60000) / 1000.0);
+    pause double precision := least(greatest(check_ms, 1), 1000) / 1000.0;
+    last_id bigint;
+BEGIN
+    LOOP
+        -- A sequence is read outside MVCC: this sees ids handed out after
+        -- the call began.
+        SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END INTO last_id
+        FROM pg2kafka.outbound_event_queue_id_seq;
+        IF last_id > after OR clock_timestamp() >= deadline THEN
+            RETURN last_id;
+        END IF;
+        PERFORM pg_sleep(pause);
+    END LOOP;
+END
+$function$;
+
 CREATE OR REPLACE PROCEDURE pg2kafka.backfill(IN table_name regclass, IN chunk_size integer DEFAULT 10000)
  LANGUAGE plpgsql
 AS $procedure$
@@ -555,6 +578,7 @@ BEGIN
     GRANT SELECT ON pg2kafka.installation TO pg2kafka_shipper;
     GRANT SELECT ON pg2kafka.goose_db_version TO pg2kafka_shipper;
     GRANT EXECUTE ON FUNCTION pg2kafka.event_uuid(bigint, timestamptz) TO pg2kafka_shipper;
+    GRANT EXECUTE ON FUNCTION pg2kafka.await_event_ids(bigint, integer, integer) TO pg2kafka_shipper;
     GRANT SELECT (table_schema, table_name) ON pg2kafka.tracked_tables TO pg2kafka_shipper;
     GRANT SELECT (table_schema, table_name) ON pg2kafka.dead_letter_events TO pg2kafka_shipper;
     GRANT SELECT ON pg2kafka.tracked_tables TO pg2kafka_shipper;
@@ -959,6 +983,7 @@ COMMENT ON COLUMN pg2kafka.tracked_tables.include_old IS 'Whether UPDATE and DEL
 COMMENT ON COLUMN pg2kafka.tracked_tables.filter IS 'The trigger''s WHEN condition on NEW/OLD; null for none.';
 COMMENT ON COLUMN pg2kafka.tracked_tables.topic IS 'The topic of the table''s events; null for pg2kafka.<db>.<table>.';
 COMMENT ON COLUMN pg2kafka.tracked_tables.full_row IS 'Whether UPDATE events carry the whole new row as data and UPDATE and DELETE events the whole previous row as old.';
+COMMENT ON FUNCTION pg2kafka.await_event_ids(bigint,integer,integer) IS 'Returns the last event id handed out once it is past after, or after timeout_ms, checking every check_ms: how an idle shipper learns of new events.';
 COMMENT ON FUNCTION pg2kafka.emit(text,text,json,jsonb) IS 'Queues an event in this transaction, the json payload shipped byte for byte as the value.';
 COMMENT ON FUNCTION pg2kafka.emit(text,text,jsonb,jsonb) IS 'Queues an event in this transaction: shipped to topic with key, payload as the value and headers, once the transaction commits.';
 COMMENT ON FUNCTION pg2kafka.emit(text,text,text,jsonb) IS 'Queues an event in this transaction, the payload (JSON text) shipped byte for byte as the value.';
@@ -974,6 +999,7 @@ GRANT SELECT ON TABLE pg2kafka.goose_db_version TO pg2kafka_shipper;
 GRANT SELECT ON TABLE pg2kafka.installation TO pg2kafka_shipper;
 GRANT DELETE, SELECT, UPDATE (id) ON TABLE pg2kafka.outbound_event_queue TO pg2kafka_shipper;
 GRANT SELECT, SELECT (table_name), SELECT (table_schema) ON TABLE pg2kafka.tracked_tables TO pg2kafka_shipper;
+GRANT EXECUTE ON FUNCTION pg2kafka.await_event_ids(bigint,integer,integer) TO pg2kafka_shipper;
 GRANT EXECUTE ON FUNCTION pg2kafka.emit(text,text,json,jsonb) TO pg2kafka_emitter;
 GRANT EXECUTE ON FUNCTION pg2kafka.emit(text,text,jsonb,jsonb) TO pg2kafka_emitter;
 GRANT EXECUTE ON FUNCTION pg2kafka.emit(text,text,text,jsonb) TO pg2kafka_emitter;
@@ -981,4 +1007,4 @@ GRANT EXECUTE ON FUNCTION pg2kafka.event_uuid(bigint,timestamp with time zone) T
 
 -- MIGRATIONS APPLIED
 
--- goose version 11
+-- goose version 12

@@ -439,6 +439,9 @@ func (c *Claimer) Claim(ctx context.Context, limit int, except []Table) (*Batch,
 	var last int64
 	if len(events) > 0 {
 		last = events[len(events)-1].ID
+		// Its ids were handed out: the claimers waiting for news of events
+		// in other lanes hear it now, not at the watcher's next check.
+		c.queue.readings.note(last)
 	}
 	t := c.scratch.scanTargets()
 	if len(events) > 0 {

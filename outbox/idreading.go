@@ -23,12 +23,12 @@ type idReadings struct {
 }
 
 // note keeps a read of last and tells whether it found ids handed out
-// since the newest before it. Reads may return out of order; ids only grow,
-// so the highest is kept.
+// since the newest before it (the first read that finds any does). Reads may
+// return out of order; ids only grow, so the highest is kept.
 func (r *idReadings) note(last int64) (advanced bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.newest.read && last > r.newest.last {
+	if last > r.newest.last {
 		advanced = true
 		r.newest.gen++
 		if r.advanced != nil {

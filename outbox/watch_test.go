@@ -147,3 +147,43 @@ func TestWatchSaysWhyItCannotWaitAndWaitsAgainOnceItCan(t *testing.T) {
 		return strings.Contains(logs.String(), `level=INFO msg="waiting in Postgres for new events again"`)
 	})
 }
+
+// A claim that finds events tells the queue's other claimers that ids were
+// handed out: under traffic, one idle in other lanes hears of its own
+// events at once, not at the watcher's next check.
+func TestAClaimThatFindsEventsWakesTheOtherClaimers(t *testing.T) {
+	t.Parallel()
+	b := setup(t,
+		`CREATE TABLE items (id int PRIMARY KEY)`,
+		`SELECT pg2kafka.setup('items', 'id')`,
+	)
+	q := outbox.NewQueue(b.pool)
+	var claimers []*outbox.Claimer
+	for range 2 {
+		c := q.NewClaimer(slog.New(slog.DiscardHandler), 0)
+		t.Cleanup(func() { c.Close(context.Background()) })
+		claimers = append(claimers, c)
+	}
+	converge(t, claimers...)
+	busy, idle := &shipper{c: claimers[0]}, &shipper{c: claimers[1]}
+	idle.drain(t, 100)
+	woken := idle.c.Advanced()
+
+	// Twenty keys: the busy claimer's half of the lanes holds some of them
+	// but for a chance of one in a million.
+	b.exec(t, `INSERT INTO items SELECT generate_series(1, 20)`)
+	busy.drain(t, 100)
+	if len(busy.shipped) == 0 || len(busy.shipped) == 20 {
+		t.Fatalf("the busy claimer shipped %d of 20 events, want some but not all", len(busy.shipped))
+	}
+	if !closed(woken) {
+		t.Fatal("a claim that found events did not wake the other claimer")
+	}
+	idle.drain(t, 100)
+	if got := len(busy.shipped) + len(idle.shipped); got != 20 {
+		t.Fatalf("the claimers shipped %d events, want 20", got)
+	}
+	if closed(idle.c.Advanced()) {
+		t.Fatal("the claimer would be woken again by events it has claimed")
+	}
+}

@@ -310,9 +310,8 @@ func (c *Claimer) Pending(ctx context.Context, except []Table) (bool, error) {
 // Advanced returns a channel that is closed once the queue's watcher (see
 // Queue.Watch), or another of its claimers in Pending or in a claim, has
 // found that event ids were handed out since this claimer last claimed or
-// looked: a claimer
-// waiting in its idle loop is woken by news of events, not at its own next
-// look.
+// looked: a claimer waiting in its idle loop is woken by news of events,
+// not at its own next look.
 func (c *Claimer) Advanced() <-chan struct{} {
 	return c.queue.readings.advancedSince(c.seen)
 }

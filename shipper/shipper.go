@@ -226,7 +226,7 @@ type worker struct {
 	// RebalanceInterval, so that handing lanes over takes milliseconds.
 	balanced bool
 	// nothingPending is set by a step whose look found no event id handed
-	// out that its claim could find.
+	// out that its claim could find, with no table paused.
 	nothingPending bool
 	deadLettered   *atomic.Int64
 	// state is what State reports of the worker; failed is true after a
@@ -323,7 +323,9 @@ func (w *worker) shipBatch(ctx context.Context, look bool) (int, error) {
 	if look {
 		pending, err := w.claimer.Pending(ctx, except)
 		if err != nil || !pending {
-			w.nothingPending = err == nil
+			// A paused table's retry comes with no news of events: while
+			// one waits for it, the worker keeps looking by itself.
+			w.nothingPending = err == nil && len(except) == 0
 			return 0, err
 		}
 	}

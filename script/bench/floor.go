@@ -34,17 +34,6 @@ type latencyFigures struct {
 	Missing      int     `json:"missing"`
 }
 
-// spinClaimSQL is the spinning outbox's claim: rawDrainSQL, returning only
-// what its records need.
-const spinClaimSQL = `
-DELETE FROM pg2kafka.outbound_event_queue
-WHERE id IN (
-    SELECT id FROM pg2kafka.outbound_event_queue
-    ORDER BY id
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED)
-RETURNING external_id, data`
-
 // runFloor measures both physical lines at rate, one after the other.
 func (b *bench) runFloor(ctx context.Context, rate int) (*floorResult, error) {
 	outbox, err := b.spinningOutboxRun(ctx, rate)
@@ -61,22 +50,12 @@ func (b *bench) runFloor(ctx context.Context, rate int) (*floorResult, error) {
 // spinningOutboxRun writes at rate as the pg2kafka run does, shipped by the
 // spinning outbox.
 func (b *bench) spinningOutboxRun(ctx context.Context, rate int) (latencyFigures, error) {
-	total := int(float64(rate) * time.Duration(b.cfg.Latency.Duration).Seconds())
-	topic, err := b.freshLatencyTopic(ctx)
+	run, err := b.startFloorRun(ctx, rate)
 	if err != nil {
 		return latencyFigures{}, err
 	}
-	base := time.Now()
-	consumer, err := startArrivals(ctx, b.broker, topic, total, base)
-	if err != nil {
-		return latencyFigures{}, err
-	}
-	defer consumer.stop()
-	producer, err := kgo.NewClient(kgo.SeedBrokers(b.broker), kgo.DefaultProduceTopic(topic), kgo.ProducerLinger(0))
-	if err != nil {
-		return latencyFigures{}, fmt.Errorf("kafka producer: %w", err)
-	}
-	defer producer.Close()
+	defer run.close()
+	total, base, consumer, producer := run.total, run.base, run.consumer, run.producer
 	conn, err := b.pool.Acquire(ctx)
 	if err != nil {
 		return latencyFigures{}, err
@@ -118,13 +97,14 @@ func (b *bench) spinningOutboxRun(ctx context.Context, rate int) (latencyFigures
 
 // spinShip claims batches on conn with no wait between claims, produces
 // each and commits its delete once the broker acknowledged it, until ctx
-// ends. Its claim is one round trip, as pg2kafka's is.
+// ends. Its claim is one round trip, as pg2kafka's is, of the raw drain's
+// statement.
 func spinShip(ctx context.Context, conn *pgx.Conn, producer *kgo.Client, limit int) error {
 	records := make([]*kgo.Record, 0, limit)
 	for ctx.Err() == nil {
 		var claim pgx.Batch
 		claim.BeginTx(pgx.TxOptions{})
-		claim.Queue(spinClaimSQL, limit)
+		claim.Queue(rawDrainSQL, limit)
 		results := conn.SendBatch(ctx, &claim)
 		tx := results.Tx()
 		records = records[:0]
@@ -134,12 +114,11 @@ func spinShip(ctx context.Context, conn *pgx.Conn, producer *kgo.Client, limit i
 			rows, err = results.Query()
 		}
 		for err == nil && rows.Next() {
-			var key *string
-			var data []byte
-			if err = rows.Scan(&key, &data); err == nil {
-				r := &kgo.Record{Value: append(append([]byte(`{"data":`), data...), '}')}
-				if key != nil {
-					r.Key = []byte(*key)
+			var e queuedEvent
+			if err = rows.Scan(&e.ID, &e.UUID, &e.ExternalID, &e.TableSchema, &e.TableName, &e.Statement, &e.Data, &e.CreatedAt); err == nil {
+				r := &kgo.Record{Value: append(append([]byte(`{"data":`), e.Data...), '}')}
+				if e.ExternalID != nil {
+					r.Key = []byte(*e.ExternalID)
 				}
 				records = append(records, r)
 			}
@@ -170,22 +149,12 @@ func spinShip(ctx context.Context, conn *pgx.Conn, producer *kgo.Client, limit i
 // brokerRun produces a record per row at rate, as the writer commits them,
 // and times each from its produce call to the consumer.
 func (b *bench) brokerRun(ctx context.Context, rate int) (latencyFigures, error) {
-	total := int(float64(rate) * time.Duration(b.cfg.Latency.Duration).Seconds())
-	topic, err := b.freshLatencyTopic(ctx)
+	run, err := b.startFloorRun(ctx, rate)
 	if err != nil {
 		return latencyFigures{}, err
 	}
-	base := time.Now()
-	consumer, err := startArrivals(ctx, b.broker, topic, total, base)
-	if err != nil {
-		return latencyFigures{}, err
-	}
-	defer consumer.stop()
-	producer, err := kgo.NewClient(kgo.SeedBrokers(b.broker), kgo.DefaultProduceTopic(topic), kgo.ProducerLinger(0))
-	if err != nil {
-		return latencyFigures{}, fmt.Errorf("kafka producer: %w", err)
-	}
-	defer producer.Close()
+	defer run.close()
+	total, base, consumer, producer := run.total, run.base, run.consumer, run.producer
 	record := func(id int) *kgo.Record {
 		return &kgo.Record{Key: []byte("customer-0001"), Value: fmt.Appendf(nil, `{"data":{"id":%d}}`, id)}
 	}
@@ -232,6 +201,39 @@ func (b *bench) brokerRun(ctx context.Context, rate int) (latencyFigures, error)
 	f := figures(produced, consumer.stop(), writeTime)
 	b.log.Info("physical line: the broker alone", "rate", rate, "p50_ms", f.P50Ms, "p99_ms", f.P99Ms, "max_ms", f.MaxMs, "achieved_rate", int(f.AchievedRate), "missing", f.Missing)
 	return f, nil
+}
+
+// floorRun is what both physical lines need: a fresh topic, a consumer
+// timing arrivals on it and a producer to it that does not linger.
+type floorRun struct {
+	total    int
+	base     time.Time
+	consumer *arrivals
+	producer *kgo.Client
+}
+
+func (b *bench) startFloorRun(ctx context.Context, rate int) (*floorRun, error) {
+	total := int(float64(rate) * time.Duration(b.cfg.Latency.Duration).Seconds())
+	topic, err := b.freshLatencyTopic(ctx)
+	if err != nil {
+		return nil, err
+	}
+	base := time.Now()
+	consumer, err := startArrivals(ctx, b.broker, topic, total, base)
+	if err != nil {
+		return nil, err
+	}
+	producer, err := kgo.NewClient(kgo.SeedBrokers(b.broker), kgo.DefaultProduceTopic(topic), kgo.ProducerLinger(0))
+	if err != nil {
+		consumer.stop()
+		return nil, fmt.Errorf("kafka producer: %w", err)
+	}
+	return &floorRun{total: total, base: base, consumer: consumer, producer: producer}, nil
+}
+
+func (r *floorRun) close() {
+	r.producer.Close()
+	r.consumer.stop()
 }
 
 // freshLatencyTopic empties the latency table and the queue and makes the

@@ -251,3 +251,35 @@ func (b *bundle) failProduces() (restore func()) {
 	f := b.cluster.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Err: kerr.UnknownServerError, Count: -1})
 	return f.Remove
 }
+
+// Tables paused together, as an outage pauses them, each log their own
+// backlog, counted together in one read of the queue.
+func TestTablesPausedTogetherEachLogTheirOwnBacklog(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.exec(
+		`CREATE TABLE few (id int PRIMARY KEY)`,
+		`CREATE TABLE many (id int PRIMARY KEY)`,
+		`SELECT pg2kafka.setup('few', 'id')`,
+		`SELECT pg2kafka.setup('many', 'id')`,
+		`INSERT INTO few SELECT generate_series(1, 300)`,
+		`INSERT INTO many SELECT generate_series(1, 700)`,
+	)
+	b.start(shipper.Config{Workers: 1}, kafka.Config{})
+	b.waitFor("both tables paused", func() bool { return len(b.logLines("table paused")) == 2 })
+	paused := strings.Join(b.logLines("table paused"), "\n")
+	for _, want := range []string{"table=public.few topic=" + b.topic("few"), "table=public.many topic=" + b.topic("many")} {
+		if !strings.Contains(paused, want) {
+			t.Errorf("the paused lines lack %q:\n%s", want, paused)
+		}
+	}
+	for _, line := range b.logLines("table paused") {
+		want := "queued=300"
+		if strings.Contains(line, "table=public.many") {
+			want = "queued=700"
+		}
+		if !strings.Contains(line, want) {
+			t.Errorf("the paused line lacks %q:\n%s", want, line)
+		}
+	}
+}

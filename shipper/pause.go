@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -78,35 +79,55 @@ func (p *pauses) run(ctx context.Context) {
 	for {
 		select {
 		case l := <-p.logs:
-			p.write(ctx, l)
+			p.write(ctx, p.withWaiting(l))
 		case <-ctx.Done():
-			for {
-				select {
-				case l := <-p.logs:
-					p.write(context.WithoutCancel(ctx), l)
-				default:
-					return
-				}
+			if lines := p.withWaiting(); len(lines) > 0 {
+				p.write(context.WithoutCancel(ctx), lines)
 			}
+			return
 		}
 	}
 }
 
-func (p *pauses) write(ctx context.Context, l pauseLog) {
-	attrs := append([]slog.Attr{slog.String("table", l.table.Schema+"."+l.table.Name)}, l.attrs...)
-	if p.queue != nil {
-		countCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		n, err := p.queue.QueuedOf(countCtx, l.table)
-		cancel()
-		if err == nil {
-			attrs = append(attrs, slog.Int64("queued", n))
+// withWaiting returns lines and the lines waiting behind them, which are
+// counted and written together: tables paused by one outage have their
+// lines at once, and their events counted in one read of the queue.
+func (p *pauses) withWaiting(lines ...pauseLog) []pauseLog {
+	for {
+		select {
+		case l := <-p.logs:
+			lines = append(lines, l)
+		default:
+			return lines
 		}
 	}
-	// Stamped with when it happened, not when the count was done.
-	r := slog.NewRecord(l.at, l.level, l.msg, 0)
-	r.AddAttrs(attrs...)
-	if h := p.logger.Handler(); h.Enabled(ctx, l.level) {
-		_ = h.Handle(context.WithoutCancel(ctx), r)
+}
+
+func (p *pauses) write(ctx context.Context, lines []pauseLog) {
+	var queued map[outbox.Table]int64
+	if p.queue != nil {
+		tables := make([]outbox.Table, 0, len(lines))
+		for _, l := range lines {
+			if !slices.Contains(tables, l.table) {
+				tables = append(tables, l.table)
+			}
+		}
+		countCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		queued, _ = p.queue.QueuedOfEach(countCtx, tables) // a line without its count still tells
+		cancel()
+	}
+	h := p.logger.Handler()
+	for _, l := range lines {
+		attrs := append([]slog.Attr{slog.String("table", l.table.Schema+"."+l.table.Name)}, l.attrs...)
+		if n, ok := queued[l.table]; ok {
+			attrs = append(attrs, slog.Int64("queued", n))
+		}
+		// Stamped with when it happened, not when the count was done.
+		r := slog.NewRecord(l.at, l.level, l.msg, 0)
+		r.AddAttrs(attrs...)
+		if h.Enabled(ctx, l.level) {
+			_ = h.Handle(context.WithoutCancel(ctx), r)
+		}
 	}
 }
 

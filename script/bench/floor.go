@@ -161,12 +161,8 @@ func (b *bench) brokerRun(ctx context.Context, rate int) (latencyFigures, error)
 	if err := producer.ProduceSync(ctx, record(probeID)).FirstErr(); err != nil {
 		return latencyFigures{}, err
 	}
-	select {
-	case <-consumer.probe:
-	case <-time.After(30 * time.Second):
-		return latencyFigures{}, errors.New("the probe record did not reach the consumer within 30s")
-	case <-ctx.Done():
-		return latencyFigures{}, ctx.Err()
+	if err := consumer.awaitProbe(ctx); err != nil {
+		return latencyFigures{}, err
 	}
 
 	b.log.Info("producing at a fixed rate", "rate", rate, "duration", time.Duration(b.cfg.Latency.Duration), "shipper", "none")
@@ -214,12 +210,7 @@ type floorRun struct {
 
 func (b *bench) startFloorRun(ctx context.Context, rate int) (*floorRun, error) {
 	total := int(float64(rate) * time.Duration(b.cfg.Latency.Duration).Seconds())
-	topic, err := b.freshLatencyTopic(ctx)
-	if err != nil {
-		return nil, err
-	}
-	base := time.Now()
-	consumer, err := startArrivals(ctx, b.broker, topic, total, base)
+	topic, base, consumer, err := b.freshLatencyConsumer(ctx, total)
 	if err != nil {
 		return nil, err
 	}
@@ -236,15 +227,22 @@ func (r *floorRun) close() {
 	r.consumer.stop()
 }
 
-// freshLatencyTopic empties the latency table and the queue and makes the
-// latency topic anew, so that no earlier run's records count.
-func (b *bench) freshLatencyTopic(ctx context.Context) (string, error) {
+// freshLatencyConsumer empties the latency table and the queue, makes the
+// latency topic anew, so that no earlier run's records count, and starts a
+// consumer of total rows on it. Every time of the run is taken as
+// time.Since(base), on the monotonic clock.
+func (b *bench) freshLatencyConsumer(ctx context.Context, total int) (topic string, base time.Time, consumer *arrivals, err error) {
 	if err := truncate(ctx, b.pool, latencyTable, "pg2kafka.outbound_event_queue"); err != nil {
-		return "", err
+		return "", time.Time{}, nil, err
 	}
-	topic := b.topic(latencyTable)
+	topic = b.topic(latencyTable)
 	b.deleteTopic(ctx, topic)
-	return topic, b.createTopic(ctx, topic)
+	if err := b.createTopic(ctx, topic); err != nil {
+		return "", time.Time{}, nil, err
+	}
+	base = time.Now()
+	consumer, err = startArrivals(ctx, b.broker, topic, total, base)
+	return topic, base, consumer, err
 }
 
 // figures sums up arrival minus start of rows 1..len-1, both indexed by row

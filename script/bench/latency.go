@@ -100,14 +100,7 @@ type latencyIdle struct {
 func (b *bench) latencyRun(ctx context.Context, rate int, v latencyVariant, idle bool) (*latencyResult, error) {
 	cfg := b.cfg.Latency
 	total := int(float64(rate) * time.Duration(cfg.Duration).Seconds())
-	topic, err := b.freshLatencyTopic(ctx)
-	if err != nil {
-		return nil, err
-	}
-
-	// Every time is taken as time.Since(base), on the monotonic clock.
-	base := time.Now()
-	consumer, err := startArrivals(ctx, b.broker, topic, total, base)
+	_, base, consumer, err := b.freshLatencyConsumer(ctx, total)
 	if err != nil {
 		return nil, err
 	}
@@ -232,8 +225,13 @@ func (b *bench) warmUp(ctx context.Context, consumer *arrivals) error {
 	if _, err := b.pool.Exec(ctx, insertLatencySQL, probeID, "probe", "probe"); err != nil {
 		return fmt.Errorf("write the probe row: %w", err)
 	}
+	return consumer.awaitProbe(ctx)
+}
+
+// awaitProbe waits for the probe row's record to arrive.
+func (a *arrivals) awaitProbe(ctx context.Context) error {
 	select {
-	case <-consumer.probe:
+	case <-a.probe:
 		return nil
 	case <-time.After(30 * time.Second):
 		return errors.New("the probe row did not reach the consumer within 30s")
